@@ -1,0 +1,6 @@
+"""PLACEHOLDER: replaced by the helper that owns this module."""
+from __future__ import annotations
+from typing import Any
+
+def logged(*args: Any, **kwargs: Any) -> Any:
+    raise NotImplementedError

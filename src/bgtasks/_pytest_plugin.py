@@ -1,0 +1,4 @@
+"""PLACEHOLDER: replaced by the helper that owns this module."""
+from __future__ import annotations
+from typing import Any
+

@@ -1,0 +1,12 @@
+"""PLACEHOLDER: replaced by the helper that owns this module."""
+from __future__ import annotations
+from typing import Any
+
+class TaskHandle:
+    pass
+
+class TaskInfo:
+    pass
+
+class TaskState:
+    pass

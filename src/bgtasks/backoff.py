@@ -1,0 +1,5 @@
+"""PLACEHOLDER: replaced by the helper that owns this module."""
+from __future__ import annotations
+from typing import Any
+
+__all__: list[str] = []
