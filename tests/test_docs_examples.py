@@ -34,4 +34,4 @@ def test_examples_run(page: Path) -> None:
     namespace: dict[str, object] = {"__name__": f"docs_example_{page.stem}"}
     for line, code in _blocks(page):
         # Pad with newlines so a traceback points at the line in the page.
-        exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)  # noqa: S102
+        exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)

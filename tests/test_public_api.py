@@ -41,4 +41,3 @@ def test_nothing_private_leaks(name: str) -> None:
 def test_version_comes_from_metadata() -> None:
     """``bgtasks.__version__`` is the installed distribution's version."""
     assert bgtasks.__version__ == version("bgtasks")
-

@@ -29,8 +29,10 @@ def is_async_callable(obj: object) -> bool:
     """
     while isinstance(obj, functools.partial):
         obj = obj.func
+    # An object whose __call__ is async counts too; B004 does not apply: we
+    # need the attribute itself, not whether the object is callable.
     return inspect.iscoroutinefunction(obj) or (
-        callable(obj) and inspect.iscoroutinefunction(getattr(obj, "__call__", None))
+        callable(obj) and inspect.iscoroutinefunction(obj.__call__)
     )
 
 
@@ -56,7 +58,8 @@ def check_decoratable(func: object, decorator: str) -> None:
             f"keywords: @{decorator}(...)."
         )
     if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
-        kind = "an async generator" if inspect.isasyncgenfunction(target) else "a generator"
+        is_agen = inspect.isasyncgenfunction(target)
+        kind = "an async generator" if is_agen else "a generator"
         raise TypeError(
             f"@{decorator} cannot wrap {kind} function "
             f"({getattr(target, '__qualname__', target)!r}): its body runs only when "
