@@ -1,4 +1,32 @@
-"""PLACEHOLDER: replaced by the helper that owns this module."""
-from __future__ import annotations
-from typing import Any
+"""The bgtasks pytest plugin: the ``instant_retries`` fixture for users' tests.
 
+pytest imports this module in every run of every project that has bgtasks
+installed, so it imports nothing of bgtasks until the fixture is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from bgtasks.testing import RetryRecorder
+
+__all__ = ["instant_retries"]
+
+
+@pytest.fixture
+def instant_retries() -> Iterator[RetryRecorder]:
+    """Make ``bgtasks.retry`` skip its waits during the test; yield the recorder.
+
+    Same as ``with bgtasks.testing.instant_retries():`` around the test: exact
+    delays, jitter off. It covers the test function and the tasks and threads it starts;
+    async fixtures of a wider scope started earlier do not see it.
+    """
+    # Imported on use: pytest loads this plugin in every run, used or not.
+    from bgtasks.testing import instant_retries as _instant_retries  # noqa: PLC0415
+
+    with _instant_retries() as recorder:
+        yield recorder

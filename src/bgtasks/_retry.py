@@ -1,9 +1,381 @@
-"""PLACEHOLDER: replaced by the helper that owns this module."""
+"""``@retry``: retry a sync or async task function, cheaply and cancel-safely.
+
+The wrapper's success path is a bare ``try: return func(...)``: no clock, no
+context variable, no allocation. Only a failure enters ``_retry_sync`` or
+``_retry_async``, which own the attempts from the second on. Only ``Exception``
+is ever caught, so cancellation, ``KeyboardInterrupt``, ``SystemExit`` and
+``GeneratorExit`` pass through untouched, whatever ``on=`` says.
+"""
+
 from __future__ import annotations
-from typing import Any
 
-class RetryEvent:
-    pass
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar, cast
 
-def retry(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError
+import anyio
+from typing_extensions import ParamSpec
+
+from ._backoff import exponential
+from ._context import attempt_var, running_task_var
+from ._retry_options import build_policy
+from ._retry_policy import RetryEvent, RetryPolicy, RetryRun
+from ._wrap import is_async_callable, wrap_same_kind
+
+__all__ = ["RetryEvent", "retry"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_DEFAULT_BACKOFF = exponential()
+_NO_RESULT: Any = None
+# Clocks and sleeps, looked up at each use so that tests can replace them.
+_sync_clock: Callable[[], float] = time.monotonic
+_sync_sleep: Callable[[float], object] = time.sleep
+_async_clock: Callable[[], float] = anyio.current_time
+_async_sleep: Callable[[float], Awaitable[object]] = anyio.sleep
+
+
+def retry(
+    _func: None = None,
+    /,
+    *,
+    on: type[Exception]
+    | tuple[type[Exception], ...]
+    | Callable[[Exception], bool] = Exception,
+    attempts: int = 3,
+    backoff: Callable[[int], float] | float = _DEFAULT_BACKOFF,
+    deadline: float | timedelta | None = None,
+    retry_if: Callable[[Any], bool] | None = None,
+    on_retry: Callable[[RetryEvent], object] | None = None,
+    logger: logging.Logger | None = None,
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Retry a task function when it fails, waiting longer after each failure.
+
+    Works on ``def`` and ``async def`` alike and keeps the kind, name, signature
+    and types of the function. When attempts or the deadline run out, the last
+    exception is re-raised unchanged (same object and traceback) with a note
+    (Python 3.11+) saying ``bgtasks.retry: gave up on ... after 3 attempts in
+    0.7s``. Cancellation and other ``BaseException`` are never retried.
+
+    Args:
+        on: what to retry: an exception class, a tuple of them, or a predicate
+            ``(exception) -> bool``. Only ``Exception`` subclasses can match.
+        attempts: total number of tries, >= 1 (``attempts=1`` never retries).
+        backoff: the delay strategy from `bgtasks.backoff`, any callable
+            ``(attempt) -> seconds`` (called with the attempt that failed, from
+            1), or a number of seconds for a fixed delay. Default:
+            ``backoff.exponential()``: 0.1 s doubling up to 10 s, full jitter.
+        deadline: total budget in seconds (or a ``timedelta``) across attempts
+            and waits; no wait starts that would end past it. An attempt in
+            progress is not interrupted: put ``@timeout`` inside for that.
+        retry_if: a predicate on the return value; when true, the call is
+            retried as if it had failed. When attempts run out the last result
+            is returned (the function's own way to report failure), and a
+            warning is logged.
+        on_retry: called with a `RetryEvent` before each wait; an ``async``
+            hook is awaited (async functions only). A hook that raises is
+            logged and the retries go on.
+        logger: where each retry is logged at WARNING (exception type and
+            message, never argument values); default: the ``bgtasks`` logger.
+
+    Returns:
+        A decorator; apply it with parentheses: ``@retry()``.
+
+    Raises:
+        TypeError: used bare as ``@retry``, an argument of the wrong type, an
+            async ``on_retry`` on a sync function, or an undecoratable target.
+        ValueError: ``attempts < 1``, a negative delay or deadline, or an ``on``
+            class that is not an ``Exception`` (it could never be retried).
+
+    Example:
+        ```python
+        @retry(on=ConnectionError, attempts=5, backoff=backoff.exponential(maximum=5))
+        async def send_email(to: str) -> None: ...
+        ```
+    """
+    if _func is not None:  # pyright: ignore[reportUnnecessaryComparison]
+        raise TypeError(
+            "@retry needs parentheses: write @retry() or @retry(attempts=5, ...), "
+            f"not @retry (it received {_func!r} as its first argument)."
+        )
+    policy = build_policy(
+        on=on,
+        attempts=attempts,
+        backoff=backoff,
+        deadline=deadline,
+        retry_if=retry_if,
+        on_retry=on_retry,
+        logger=logger,
+    )
+
+    def decorate(func: Callable[P, T]) -> Callable[P, T]:
+        wrapped = wrap_same_kind(
+            func,
+            "retry",
+            sync=functools.partial(_make_sync, policy),
+            async_=functools.partial(_make_async, policy),
+        )
+        return cast("Callable[P, T]", wrapped)
+
+    return decorate
+
+
+def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., Any]:
+    if policy.on_retry is not None and is_async_callable(policy.on_retry):
+        raise TypeError(
+            f"@retry(on_retry={policy.on_retry!r}) is async but "
+            f"{_name(func)} is a plain function, which cannot await it: "
+            "pass a sync on_retry hook, or make the task async def."
+        )
+    name = _name(func)
+    catch, predicate = policy.catch, policy.predicate
+
+    if policy.deadline is None and policy.retry_if is None:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except catch as exc:
+                if predicate is not None and not predicate(exc):
+                    raise
+                error = exc
+            try:
+                return _retry_sync(
+                    policy,
+                    name,
+                    func,
+                    args,
+                    kwargs,
+                    error=error,
+                    result=_NO_RESULT,
+                    start=None,
+                )
+            finally:
+                del error  # no exception -> traceback -> frame cycle
+
+        return wrapper
+
+    retry_if, timed = policy.retry_if, policy.deadline is not None
+
+    def wrapper_with_options(*args: Any, **kwargs: Any) -> Any:
+        start = _sync_clock() if timed else None
+        try:
+            result = func(*args, **kwargs)
+        except catch as exc:
+            if predicate is not None and not predicate(exc):
+                raise
+            error: Exception | None = exc
+            result = _NO_RESULT
+        else:
+            if retry_if is None or not retry_if(result):
+                return result
+            error = None
+        try:
+            return _retry_sync(
+                policy,
+                name,
+                func,
+                args,
+                kwargs,
+                error=error,
+                result=result,
+                start=start,
+            )
+        finally:
+            del error  # no exception -> traceback -> frame cycle
+
+    return wrapper_with_options
+
+
+def _make_async(
+    policy: RetryPolicy, func: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    name = _name(func)
+    catch, predicate = policy.catch, policy.predicate
+
+    if policy.deadline is None and policy.retry_if is None:
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await func(*args, **kwargs)
+            except catch as exc:
+                if predicate is not None and not predicate(exc):
+                    raise
+                error = exc
+            try:
+                return await _retry_async(
+                    policy,
+                    name,
+                    func,
+                    args,
+                    kwargs,
+                    error=error,
+                    result=_NO_RESULT,
+                    start=None,
+                )
+            finally:
+                del error  # no exception -> traceback -> frame cycle
+
+        return wrapper
+
+    retry_if, timed = policy.retry_if, policy.deadline is not None
+
+    async def wrapper_with_options(*args: Any, **kwargs: Any) -> Any:
+        start = _async_clock() if timed else None
+        try:
+            result = await func(*args, **kwargs)
+        except catch as exc:
+            if predicate is not None and not predicate(exc):
+                raise
+            error: Exception | None = exc
+            result = _NO_RESULT
+        else:
+            if retry_if is None or not retry_if(result):
+                return result
+            error = None
+        try:
+            return await _retry_async(
+                policy,
+                name,
+                func,
+                args,
+                kwargs,
+                error=error,
+                result=result,
+                start=start,
+            )
+        finally:
+            del error  # no exception -> traceback -> frame cycle
+
+    return wrapper_with_options
+
+
+def _retry_sync(
+    policy: RetryPolicy,
+    name: str,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    error: Exception | None,
+    result: Any,
+    start: float | None,
+) -> Any:
+    """Run attempts 2..N of a sync call whose first attempt failed."""
+    clock = _sync_clock
+    run = RetryRun(policy, name, clock() if start is None else start)
+    catch, predicate, retry_if = policy.catch, policy.predicate, policy.retry_if
+    try:
+        while True:
+            event = run.next_retry(clock(), error, result)
+            if event is None:
+                if error is None:
+                    run.give_up_result(clock())
+                    return result
+                raise run.give_up(clock(), error)
+            pending = run.announce(event)
+            if pending is not None:
+                _discard(run, pending)
+            if not run.instant and event.delay > 0:
+                _sync_sleep(event.delay)
+            run.attempt += 1
+            token = _enter_attempt(run.attempt)
+            try:
+                result = func(*args, **kwargs)
+            except catch as exc:
+                if predicate is not None and not predicate(exc):
+                    raise
+                error, result = exc, _NO_RESULT
+            else:
+                if retry_if is None or not retry_if(result):
+                    return result
+                error = None
+            finally:
+                attempt_var.reset(token)
+    finally:
+        # Locals that hold exceptions would form exception -> traceback -> frame
+        # cycles, keeping the arguments alive until the garbage collector runs.
+        error = event = None
+
+
+async def _retry_async(
+    policy: RetryPolicy,
+    name: str,
+    func: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    error: Exception | None,
+    result: Any,
+    start: float | None,
+) -> Any:
+    """Run attempts 2..N of an async call whose first attempt failed."""
+    clock = _async_clock
+    run = RetryRun(policy, name, clock() if start is None else start)
+    catch, predicate, retry_if = policy.catch, policy.predicate, policy.retry_if
+    try:
+        while True:
+            event = run.next_retry(clock(), error, result)
+            if event is None:
+                if error is None:
+                    run.give_up_result(clock())
+                    return result
+                raise run.give_up(clock(), error)
+            pending = run.announce(event)
+            if pending is not None:
+                try:
+                    await cast("Awaitable[object]", pending)
+                except Exception:
+                    run.hook_failed()
+            # Even a skipped wait is a cancellation point, as a real one would be.
+            await _async_sleep(0 if run.instant else event.delay)
+            run.attempt += 1
+            token = _enter_attempt(run.attempt)
+            try:
+                result = await func(*args, **kwargs)
+            except catch as exc:
+                if predicate is not None and not predicate(exc):
+                    raise
+                error, result = exc, _NO_RESULT
+            else:
+                if retry_if is None or not retry_if(result):
+                    return result
+                error = None
+            finally:
+                attempt_var.reset(token)
+    finally:
+        # Locals that hold exceptions would form exception -> traceback -> frame
+        # cycles, keeping the arguments alive until the garbage collector runs.
+        error = event = None
+
+
+def _enter_attempt(attempt: int) -> Any:
+    """Publish the attempt number to the managed task and to readers of attempt_var."""
+    task = running_task_var.get()
+    if task is not None:
+        task.record_attempt(attempt)
+    return attempt_var.set(attempt)
+
+
+def _discard(run: RetryRun, pending: object) -> None:
+    """Close the coroutine a hook returned in a sync function: it cannot be awaited."""
+    close = getattr(pending, "close", None)
+    if close is not None:
+        close()
+    run.policy.logger.error(
+        "bgtasks.retry: the on_retry hook of %s returned an awaitable, which a "
+        "sync function cannot await; it was discarded",
+        run.name,
+        extra={"task_name": run.name, "attempt": run.attempt},
+    )
+
+
+def _name(func: Callable[..., Any]) -> str:
+    target: object = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    return str(getattr(target, "__qualname__", None) or type(target).__qualname__)

@@ -1,5 +1,12 @@
-"""PLACEHOLDER: replaced by the helper that owns this module."""
-from __future__ import annotations
-from typing import Any
+"""Backoff strategies for `bgtasks.retry`: how long to wait between attempts.
 
-__all__: list[str] = []
+``exponential()`` with full jitter is the default of ``retry``; ``fixed`` and
+``linear`` cover the simpler cases, and any callable ``(attempt) -> seconds``
+works too.
+"""
+
+from __future__ import annotations
+
+from ._backoff import Backoff, Jitter, exponential, fixed, linear
+
+__all__ = ["Backoff", "Jitter", "exponential", "fixed", "linear"]

@@ -1,0 +1,247 @@
+"""What ``retry`` decides once an attempt has failed: the slow path's pieces.
+
+`RetryPolicy` holds the validated options of one ``@retry(...)`` and never
+changes. `RetryRun` is created per call at the first failure only, so the
+success path allocates nothing; it keeps that call's attempt count, clock and
+previous delay, decides whether to retry, and announces each retry (record,
+log, hook).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast, final
+
+from ._backoff import Backoff
+from ._testing import RetryRecorder, instant_var
+
+__all__ = ["RetryEvent", "RetryPolicy", "RetryRun"]
+
+_LOGGER = logging.getLogger("bgtasks")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryEvent:
+    """A failed attempt that ``retry`` is about to retry, as ``on_retry`` gets it.
+
+    Attributes:
+        name: the retried function's qualified name.
+        attempt: the number of the attempt that failed (1 for the first call).
+        exception: what it raised, or ``None`` when ``retry_if`` rejected its
+            result.
+        result: the rejected result when ``retry_if`` asked for the retry, else
+            ``None``.
+        delay: seconds ``retry`` waits before the next attempt.
+        elapsed: seconds spent so far, from the start of the call when
+            ``deadline`` is set, else from the first failure (no clock is read
+            on the success path).
+    """
+
+    name: str
+    attempt: int
+    exception: Exception | None
+    result: Any = None
+    delay: float
+    elapsed: float
+
+
+@final
+class RetryPolicy:
+    """The validated, immutable options of one ``@retry(...)``."""
+
+    __slots__ = (
+        "attempts",
+        "backoff",
+        "catch",
+        "deadline",
+        "logger",
+        "on_retry",
+        "predicate",
+        "retry_if",
+    )
+
+    def __init__(
+        self,
+        *,
+        attempts: int,
+        catch: tuple[type[Exception], ...],
+        predicate: Callable[[Exception], bool] | None,
+        backoff: Callable[[int], float],
+        deadline: float | None,
+        retry_if: Callable[[Any], bool] | None,
+        on_retry: Callable[[RetryEvent], object] | None,
+        logger: logging.Logger | None,
+    ) -> None:
+        self.attempts = attempts
+        self.catch = catch
+        self.predicate = predicate
+        self.backoff = backoff
+        self.deadline = deadline
+        self.retry_if = retry_if
+        self.on_retry = on_retry
+        self.logger = _LOGGER if logger is None else logger
+
+
+@final
+class RetryRun:
+    """One call's retry state, from its first failure on."""
+
+    __slots__ = (
+        "attempt",
+        "name",
+        "policy",
+        "previous",
+        "recorder",
+        "skipped",
+        "start",
+    )
+
+    def __init__(self, policy: RetryPolicy, name: str, start: float) -> None:
+        self.policy = policy
+        self.name = name
+        self.start = start
+        self.attempt = 1
+        self.previous: float | None = None
+        self.recorder: RetryRecorder | None = instant_var.get()
+        self.skipped = 0.0  # waits skipped under instant_retries count as slept
+
+    @property
+    def instant(self) -> bool:
+        """Whether waits are skipped (under ``bgtasks.testing.instant_retries``)."""
+        return self.recorder is not None
+
+    def next_retry(
+        self, now: float, exception: Exception | None, result: object
+    ) -> RetryEvent | None:
+        """Return the retry of the failed attempt, or ``None`` to give up."""
+        policy = self.policy
+        if self.attempt >= policy.attempts:
+            return None
+        delay = self._delay(exception)
+        elapsed = now - self.start + self.skipped
+        if policy.deadline is not None and elapsed + delay > policy.deadline:
+            return None
+        self.previous = delay
+        return RetryEvent(
+            name=self.name,
+            attempt=self.attempt,
+            exception=exception,
+            result=result,
+            delay=delay,
+            elapsed=elapsed,
+        )
+
+    def _delay(self, exception: Exception | None) -> float:
+        strategy = self.policy.backoff
+        if isinstance(strategy, Backoff):
+            jitter = self.recorder is None or self.recorder.jitter
+            # Backoff's private protocol: built-ins get this call's previous delay.
+            return strategy._next_delay(  # pyright: ignore[reportPrivateUsage]
+                self.attempt, self.previous, jitter=jitter
+            )
+        delay = cast("object", strategy(self.attempt))  # user code: check it
+        problem = (
+            f"backoff {strategy!r} returned {delay!r} after attempt {self.attempt}"
+        )
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise TypeError(
+                f"{problem} of {self.name}: it must return a number of seconds."
+            ) from exception
+        if not 0 <= delay < math.inf:
+            raise ValueError(
+                f"{problem} of {self.name}: it must return a finite number of "
+                "seconds >= 0."
+            ) from exception
+        return float(delay)
+
+    def announce(self, event: RetryEvent) -> object:
+        """Record and log the retry, call the hook, return what it returned to await.
+
+        A hook that raises is logged and the retry goes on: a bug in a hook must
+        not replace the task's own exception nor stop its retries.
+        """
+        if self.recorder is not None:
+            self.recorder._record(event)  # pyright: ignore[reportPrivateUsage]
+            self.skipped += event.delay
+        self._log(event)
+        hook = self.policy.on_retry
+        if hook is None:
+            return None
+        try:
+            outcome = hook(event)
+        except Exception:
+            self.hook_failed()
+            return None
+        return outcome if inspect.isawaitable(outcome) else None
+
+    def hook_failed(self) -> None:
+        """Log the exception a hook raised (called inside the handler)."""
+        self.policy.logger.exception(
+            "bgtasks.retry: the on_retry hook of %s raised; retrying anyway",
+            self.name,
+            extra={"task_name": self.name, "attempt": self.attempt},
+        )
+
+    def _log(self, event: RetryEvent) -> None:
+        # Type and message only: argument values may hold emails or tokens.
+        if event.exception is None:
+            cause = "its result was rejected by retry_if"
+        else:
+            message = str(event.exception)
+            cause = type(event.exception).__qualname__ + (
+                f": {message}" if message else ""
+            )
+        self.policy.logger.warning(
+            "bgtasks.retry: %s attempt %d failed (%s); retrying in %.3gs",
+            event.name,
+            event.attempt,
+            cause,
+            event.delay,
+            extra={
+                "task_name": event.name,
+                "attempt": event.attempt,
+                "delay": event.delay,
+                "elapsed": event.elapsed,
+            },
+        )
+
+    def give_up(self, now: float, exception: Exception) -> Exception:
+        """Note on ``exception`` (3.11+) why it is final, and return it to re-raise."""
+        if sys.version_info >= (3, 11):
+            prefix = f"bgtasks.retry: gave up on {self.name} "
+            notes = getattr(exception, "__notes__", None)
+            if isinstance(notes, list):
+                # The same object can fail the same function again (a cached
+                # exception, nested retries): keep one note per function.
+                notes[:] = [n for n in notes if not str(n).startswith(prefix)]
+            if notes is None or isinstance(notes, list):  # else add_note would raise
+                exception.add_note(prefix + self._why(now))
+        return exception
+
+    def give_up_result(self, now: float) -> None:
+        """Log that the last result is returned although ``retry_if`` rejected it."""
+        self.policy.logger.warning(
+            "bgtasks.retry: gave up on %s %s; returning the last result",
+            self.name,
+            self._why(now),
+            extra={
+                "task_name": self.name,
+                "attempt": self.attempt,
+                "elapsed": now - self.start + self.skipped,
+            },
+        )
+
+    def _why(self, now: float) -> str:
+        count = f"{self.attempt} attempt{'s' if self.attempt != 1 else ''}"
+        text = f"after {count} in {now - self.start + self.skipped:.3g}s"
+        if self.policy.deadline is not None and self.attempt < self.policy.attempts:
+            text += (
+                f" (the next wait would end past the {self.policy.deadline:.3g}s "
+                "deadline)"
+            )
+        return text
