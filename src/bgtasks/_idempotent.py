@@ -1,6 +1,324 @@
-"""PLACEHOLDER: replaced by the helper that owns this module."""
-from __future__ import annotations
-from typing import Any
+"""``@idempotent``: run a task once per key; duplicates get the recorded result."""
 
-def idempotent(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
+from typing import Any, Literal, Protocol, TypeVar, cast, overload
+
+from typing_extensions import ParamSpec
+
+from ._keys import make_fingerprint, make_key
+from ._single_flight import RUN, OnDuplicate, Policy, new_owner
+from ._stores import IdempotencyStore, MemoryStore
+from ._wrap import check_decoratable, wrap_same_kind
+
+__all__ = ["default_store", "idempotent"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_DEFAULT_TTL = 24 * 3600.0
+_DEFAULT_LEASE = 600.0
+_MODES = ("wait", "skip", "raise")
+_MISSING: Any = object()
+
+# Shared by every @idempotent function not given store=.
+_default_store = MemoryStore()
+
+
+def default_store() -> MemoryStore:
+    """Return the process-wide store used when ``store=`` is not passed."""
+    return _default_store
+
+
+class SkippingDecorator(Protocol):
+    """What ``idempotent(..., on_duplicate="skip")`` returns: results may be None."""
+
+    @overload
+    def __call__(
+        self, func: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Callable[P, R | None]: ...
+
+
+def _seconds(name: str, value: object, *, finite: bool = True) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(
+            f"@idempotent({name}=...) must be a number of seconds or a timedelta, "
+            f"got {type(value).__name__}."
+        )
+    if not seconds > 0 or (finite and math.isinf(seconds)):
+        raise ValueError(
+            f"@idempotent({name}={value!r}) must be a positive"
+            f"{' finite' if finite else ''} duration, such as 60 or timedelta(hours=1)."
+        )
+    return seconds
+
+
+def _error_types(value: object) -> tuple[type[Exception], ...]:
+    items: tuple[object, ...] = value if isinstance(value, tuple) else (value,)  # pyright: ignore[reportUnknownVariableType]
+    types: list[type[Exception]] = []
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, Exception)):
+            raise TypeError(
+                f"@idempotent(record_errors=...) takes Exception subclasses (a type "
+                f"or a tuple of types), got {item!r}; cancellation and other "
+                "BaseExceptions are never recorded."
+            )
+        types.append(item)
+    return tuple(types)
+
+
+def _names(func: Callable[..., Any]) -> tuple[str, str]:
+    """Return ``(qualname, module)`` of ``func``, seeing through partials."""
+    target: Any = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    module = getattr(target, "__module__", None) or type(target).__module__
+    return qualname, module
+
+
+@overload
+def idempotent(
+    *,
+    key: str | Callable[..., str],
+    on_duplicate: Literal["wait", "raise"] = "wait",
+    ttl: float | timedelta = _DEFAULT_TTL,
+    lease: float | timedelta = _DEFAULT_LEASE,
+    wait_timeout: float | timedelta | None = None,
+    namespace: str | None = None,
+    store: IdempotencyStore | None = None,
+    fingerprint: bool | Callable[..., str] = False,
+    record_errors: type[Exception] | tuple[type[Exception], ...] = (),
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+@overload
+def idempotent(
+    *,
+    key: str | Callable[..., str],
+    on_duplicate: Literal["skip"],
+    ttl: float | timedelta = _DEFAULT_TTL,
+    lease: float | timedelta = _DEFAULT_LEASE,
+    wait_timeout: None = None,
+    namespace: str | None = None,
+    store: IdempotencyStore | None = None,
+    fingerprint: bool | Callable[..., str] = False,
+    record_errors: type[Exception] | tuple[type[Exception], ...] = (),
+) -> SkippingDecorator: ...
+
+
+def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
+    func: object = None,
+    /,
+    *,
+    key: str | Callable[..., str] = _MISSING,
+    on_duplicate: OnDuplicate = "wait",
+    ttl: float | timedelta = _DEFAULT_TTL,
+    lease: float | timedelta = _DEFAULT_LEASE,
+    wait_timeout: float | timedelta | None = None,
+    namespace: str | None = None,
+    store: IdempotencyStore | None = None,
+    fingerprint: bool | Callable[..., str] = False,
+    record_errors: type[Exception] | tuple[type[Exception], ...] = (),
+) -> Any:
+    """Run the decorated task once per key; repeated calls get the recorded result.
+
+    The first call for a key claims it, runs, and records its result (the same
+    Python object: ``0``, ``False``, ``None``, tuples, models) for ``ttl``
+    seconds; later calls return that result without running. A duplicate
+    arriving while the first call runs waits for it by default (single flight,
+    across tasks and threads). If the call raises or is cancelled, the claim is
+    released and the exception propagates unchanged; a waiting duplicate then
+    takes over and runs. Works on ``def`` and ``async def``.
+
+    Args:
+        key: a callable taking the function's arguments and returning a str,
+            or a ``str.format`` template over the argument names, such as
+            ``"welcome:{email}"`` (positional and keyword calls give the same
+            key). Required.
+        on_duplicate: what a call does while another call of its key runs:
+            ``"wait"`` for its outcome, ``"skip"`` (return ``None`` at once) or
+            ``"raise"`` :class:`~bgtasks.exceptions.DuplicateTaskError`.
+        ttl: how long a result is kept, in seconds or as a timedelta; 24 hours
+            by default. May be ``math.inf`` (kept until evicted).
+        lease: how long a running call holds its key before another caller may
+            take it over, as if it had crashed; 10 minutes by default. Set it
+            above the longest run you expect.
+        wait_timeout: the longest a duplicate waits (``"wait"`` only); then it
+            raises :class:`~bgtasks.exceptions.DuplicateTaskError`. ``None``
+            waits as long as the first call holds the key.
+        namespace: prefix of every key, ``"<module>.<qualname>"`` by default;
+            set it so that renaming the function keeps its keys.
+        store: where claims and results live; a process-wide
+            :class:`~bgtasks.MemoryStore` by default.
+        fingerprint: ``True`` to compare each call's arguments (by ``repr``)
+            with those of the call that holds the key, raising
+            :class:`~bgtasks.exceptions.IdempotencyConflictError` when they
+            differ; or a callable taking the arguments and returning a str.
+        record_errors: exception types recorded as the outcome instead of
+            releasing the key: later calls re-raise the same exception
+            instance without running.
+
+    Raises:
+        TypeError: an option has the wrong type, ``key`` is missing, or the
+            decorator was used bare (``@idempotent`` without parentheses).
+        ValueError: an unknown ``on_duplicate``, a non-positive duration, or a
+            key template naming something that is not an argument.
+
+    Example:
+        >>> @idempotent(key="welcome:{email}")
+        ... def send_welcome_email(email: str, username: str) -> str:
+        ...     return f"sent to {username}"
+        >>> send_welcome_email("ada@example.com", "Ada")
+        'sent to Ada'
+        >>> send_welcome_email(email="ada@example.com", username="Someone else")
+        'sent to Ada'
+    """
+    if func is not None:
+        raise TypeError(
+            "@idempotent needs its options: write @idempotent(key=...) with "
+            'parentheses, e.g. @idempotent(key="welcome:{email}").'
+        )
+    if key is _MISSING:
+        raise TypeError(
+            "@idempotent(key=...) is required: pass a template over the argument "
+            'names, such as key="welcome:{email}", or a callable taking the '
+            "function's arguments and returning a str."
+        )
+    if not (isinstance(key, str) or callable(key)):
+        raise TypeError(
+            f"@idempotent(key=...) must be a str template or a callable, got "
+            f"{type(key).__name__}."
+        )
+    if on_duplicate not in _MODES:
+        raise ValueError(
+            f"@idempotent(on_duplicate={on_duplicate!r}) must be one of "
+            f"{', '.join(map(repr, _MODES))}."
+        )
+    ttl_s = _seconds("ttl", ttl, finite=False)
+    lease_s = _seconds("lease", lease)
+    wait_s = None if wait_timeout is None else _seconds("wait_timeout", wait_timeout)
+    if wait_s is not None and on_duplicate != "wait":
+        raise ValueError(
+            f'@idempotent(wait_timeout=...) only applies to on_duplicate="wait", '
+            f"not {on_duplicate!r}: drop one of them."
+        )
+    given = cast("object", namespace)  # users may pass anything: check it
+    if given is not None and not (isinstance(given, str) and given):
+        raise TypeError(
+            f"@idempotent(namespace=...) must be a non-empty str, got {namespace!r}."
+        )
+    given = cast("object", store)
+    if given is not None and not isinstance(given, IdempotencyStore):
+        raise TypeError(
+            f"@idempotent(store=...) must implement IdempotencyStore (claim, "
+            f"complete, release, get, forget), got {type(given).__name__}."
+        )
+    if not (isinstance(fingerprint, bool) or callable(fingerprint)):
+        raise TypeError(
+            f"@idempotent(fingerprint=...) must be a bool or a callable, got "
+            f"{type(fingerprint).__name__}."
+        )
+    errors = _error_types(record_errors)
+    chosen_store = _default_store if store is None else store
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        check_decoratable(func, "idempotent")
+        qualname, module = _names(func)
+        ns = namespace if namespace is not None else f"{module}.{qualname}"
+        fingerprint_of = None
+        if fingerprint is not False:
+            custom = None if fingerprint is True else fingerprint
+            fingerprint_of = make_fingerprint(func, custom, qualname)
+        policy = Policy(
+            name=qualname,
+            store=chosen_store,
+            key_of=make_key(func, key, ns, qualname),
+            fingerprint_of=fingerprint_of,
+            mode=on_duplicate,
+            ttl=ttl_s,
+            lease=lease_s,
+            wait_timeout=wait_s,
+            record_errors=errors,
+        )
+        return wrap_same_kind(
+            func,
+            "idempotent",
+            sync=functools.partial(_sync_wrapper, policy),
+            async_=functools.partial(_async_wrapper, policy),
+        )
+
+    return decorate
+
+
+def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any]:
+    # Locals: the hit path is a handful of lookups, no attribute access on policy.
+    store, key_of, fingerprint_of = policy.store, policy.key_of, policy.fingerprint_of
+    lease = policy.lease
+
+    def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = key_of(args, kwargs)
+        fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
+        record = store.get(key)
+        if record is not None:
+            if fp is None and record.error is None:
+                return record.value
+            return policy.replay(record, fp)
+        owner = new_owner()
+        found = store.claim(key, owner=owner, lease=lease, fingerprint=fp)
+        if found.status != "claimed":
+            settled = policy.settle_sync(found, key, owner, fp)
+            if settled is not RUN:
+                return settled
+        try:
+            value = func(*args, **kwargs)
+        except BaseException as exc:
+            policy.fail(key, owner, fp, exc)
+            raise
+        policy.succeed(key, owner, fp, value)
+        return value
+
+    return idempotent_wrapper
+
+
+def _async_wrapper(
+    policy: Policy, func: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    # Locals: the hit path is a handful of lookups, no attribute access on policy.
+    store, key_of, fingerprint_of = policy.store, policy.key_of, policy.fingerprint_of
+    lease = policy.lease
+
+    async def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = key_of(args, kwargs)
+        fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
+        record = store.get(key)
+        if record is not None:
+            if fp is None and record.error is None:
+                return record.value
+            return policy.replay(record, fp)
+        owner = new_owner()
+        found = store.claim(key, owner=owner, lease=lease, fingerprint=fp)
+        if found.status != "claimed":
+            settled = await policy.settle_async(found, key, owner, fp)
+            if settled is not RUN:
+                return settled
+        try:
+            value = await func(*args, **kwargs)
+        except BaseException as exc:
+            policy.fail(key, owner, fp, exc)
+            raise
+        policy.succeed(key, owner, fp, value)
+        return value
+
+    return idempotent_wrapper

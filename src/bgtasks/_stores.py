@@ -1,9 +1,281 @@
-"""PLACEHOLDER: replaced by the helper that owns this module."""
-from __future__ import annotations
-from typing import Any
+"""Where ``@idempotent`` keeps claims and results: the store protocol, MemoryStore.
 
-class IdempotencyStore:
-    pass
+The records are named tuples: immutable, and several times cheaper to build
+than frozen dataclasses on the path that runs a call. The protocol is
+synchronous on purpose. Decorated functions run both on the
+event loop and in worker threads with no loop at all; a sync store serves both
+without a portal, and MemoryStore's operations are sub-microsecond critical
+sections that an ``await`` would only slow down. Nothing in it blocks for long:
+waiting for a running duplicate is the decorator's job, not the store's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Literal, NamedTuple, Protocol, cast, runtime_checkable
+
+__all__ = [
+    "CLAIMED",
+    "ClaimResult",
+    "ClaimStatus",
+    "IdempotencyRecord",
+    "IdempotencyStore",
+    "MemoryStore",
+]
+
+ClaimStatus = Literal["claimed", "completed", "in_progress"]
+
+
+class IdempotencyRecord(NamedTuple):
+    """The recorded outcome of a completed call (an immutable named tuple).
+
+    Attributes:
+        value: what the call returned, kept as the same Python object.
+        error: the exception the call raised, when its type was listed in
+            ``record_errors``; later calls re-raise it instead of running.
+        fingerprint: the argument fingerprint of the call, or ``None``.
+    """
+
+    value: object = None
+    error: Exception | None = None
+    fingerprint: str | None = None
+
+
+class ClaimResult(NamedTuple):
+    """What :meth:`IdempotencyStore.claim` found for a key (a named tuple).
+
+    Attributes:
+        status: ``"claimed"``: the key is now the caller's to run;
+            ``"completed"``: ``record`` holds the outcome to return;
+            ``"in_progress"``: another owner holds an unexpired claim.
+        record: the completed outcome, for ``"completed"``.
+        fingerprint: the fingerprint of the existing claim or record.
+        retry_after: for ``"in_progress"``, seconds after which the caller
+            should ask again at the latest (when the other owner's lease ends).
+    """
+
+    status: ClaimStatus
+    record: IdempotencyRecord | None = None
+    fingerprint: str | None = None
+    retry_after: float = 0.0
+
+
+#: The one ``"claimed"`` result; stores may return it instead of allocating.
+CLAIMED = ClaimResult("claimed")
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """What ``@idempotent`` needs from a store; each method must be atomic.
+
+    Keys arrive namespaced (``"<namespace>:<key>"``). An owner is an opaque,
+    unique token per call: only the owner of a claim may complete or release
+    it. A claim whose ``lease`` has run out may be taken by another owner, so
+    a crashed worker cannot block its key forever. A shared store (Redis, a
+    database) implements each method as one atomic operation.
+    """
+
+    def claim(
+        self, key: str, *, owner: str, lease: float, fingerprint: str | None
+    ) -> ClaimResult:
+        """Claim ``key`` for ``owner`` for ``lease`` seconds, unless it is taken.
+
+        Returns ``"completed"`` with the record if the key has an unexpired
+        record, ``"in_progress"`` if another owner's lease is still running,
+        otherwise records the claim and returns ``"claimed"``.
+        """
+        ...
+
+    def complete(
+        self, key: str, *, owner: str, record: IdempotencyRecord, ttl: float
+    ) -> bool:
+        """Replace ``owner``'s claim with ``record``, kept for ``ttl`` seconds.
+
+        Returns ``False`` (and stores nothing) if ``owner`` no longer holds the
+        claim, for instance after its lease ran out and another owner took it.
+        """
+        ...
+
+    def release(self, key: str, *, owner: str) -> bool:
+        """Drop ``owner``'s claim so that the next call runs; ``False`` if not held."""
+        ...
+
+    def get(self, key: str) -> IdempotencyRecord | None:
+        """Return the unexpired record of ``key``, or ``None``."""
+        ...
+
+    def forget(self, key: str) -> None:
+        """Drop whatever the store holds for ``key``, record or claim."""
+        ...
+
+
+class _Claim:
+    """An in-progress claim: who holds it and until when."""
+
+    __slots__ = ("fingerprint", "lease_until", "owner")
+
+    def __init__(self, owner: str, fingerprint: str | None, lease_until: float) -> None:
+        self.owner = owner
+        self.fingerprint = fingerprint
+        self.lease_until = lease_until
+
+
+class _Done:
+    """A completed entry; the claim result is built once and returned on each hit."""
+
+    __slots__ = ("expires_at", "result")
+
+    def __init__(self, result: ClaimResult, expires_at: float) -> None:
+        self.result = result
+        self.expires_at = expires_at
+
 
 class MemoryStore:
-    pass
+    """A thread-safe, task-safe, bounded in-process :class:`IdempotencyStore`.
+
+    One ``threading.Lock`` guards every operation and is never held across an
+    ``await``, so the store is safe between the event loop and worker threads.
+    Completed records expire ``ttl`` seconds after completion, measured by
+    ``clock``. At most ``max_entries`` keys are kept: past that, the least
+    recently used *completed* records are evicted; in-progress claims never
+    are (they may briefly push the count over the bound). Expired records are
+    dropped when touched or evicted.
+
+    Args:
+        max_entries: the most keys to keep (records plus claims), at least 1.
+        clock: returns the current time in seconds; inject a fake clock (such
+            as ``ManualClock``) to test expiry without waiting.
+
+    Raises:
+        TypeError: ``max_entries`` is not an int or ``clock`` not callable.
+        ValueError: ``max_entries`` is below 1.
+
+    Example:
+        >>> store = MemoryStore(max_entries=1000)
+        >>> store.get("app.send:welcome:a@example.com") is None
+        True
+    """
+
+    __slots__ = ("_claims", "_clock", "_done", "_lock", "_max_entries")
+
+    def __init__(
+        self, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        given = cast("object", max_entries)  # users may pass anything: check it
+        if isinstance(given, bool) or not isinstance(given, int):
+            raise TypeError(
+                f"MemoryStore(max_entries=...) must be an int, got "
+                f"{type(max_entries).__name__}: pass a whole number such as 10_000."
+            )
+        if max_entries < 1:
+            raise ValueError(
+                f"MemoryStore(max_entries={max_entries}) must be at least 1: it "
+                "bounds how many keys the store keeps."
+            )
+        if not callable(clock):
+            raise TypeError(
+                f"MemoryStore(clock=...) must be callable returning seconds, got "
+                f"{type(clock).__name__}: pass e.g. time.monotonic."
+            )
+        self._max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Completed records in least-recently-used order, oldest first.
+        self._done: OrderedDict[str, _Done] = OrderedDict()
+        self._claims: dict[str, _Claim] = {}
+
+    @property
+    def max_entries(self) -> int:
+        """The most keys this store keeps."""
+        return self._max_entries
+
+    def __len__(self) -> int:
+        """Count the keys held, expired records not yet dropped included."""
+        with self._lock:
+            return len(self._done) + len(self._claims)
+
+    def claim(
+        self, key: str, *, owner: str, lease: float, fingerprint: str | None
+    ) -> ClaimResult:
+        """Claim ``key`` for ``owner``, or report its record or running claim."""
+        with self._lock:
+            now = self._clock()
+            done = self._done.get(key)
+            if done is not None:
+                if done.expires_at > now:
+                    self._done.move_to_end(key)
+                    return done.result
+                del self._done[key]
+            running = self._claims.get(key)
+            if running is not None and running.lease_until > now:
+                return ClaimResult(
+                    "in_progress",
+                    fingerprint=running.fingerprint,
+                    retry_after=running.lease_until - now,
+                )
+            # Absent, or the holder's lease ran out: the key is this owner's now.
+            self._claims[key] = _Claim(owner, fingerprint, now + lease)
+            self._evict()
+            return CLAIMED
+
+    def complete(
+        self, key: str, *, owner: str, record: IdempotencyRecord, ttl: float
+    ) -> bool:
+        """Turn ``owner``'s claim into ``record`` for ``ttl`` seconds."""
+        result = ClaimResult("completed", record, record.fingerprint)
+        with self._lock:
+            running = self._claims.get(key)
+            if running is None or running.owner != owner:
+                return False
+            del self._claims[key]
+            self._done[key] = _Done(result, self._clock() + ttl)
+            self._done.move_to_end(key)
+            self._evict()
+            return True
+
+    def release(self, key: str, *, owner: str) -> bool:
+        """Drop ``owner``'s claim on ``key``."""
+        with self._lock:
+            running = self._claims.get(key)
+            if running is None or running.owner != owner:
+                return False
+            del self._claims[key]
+            return True
+
+    def get(self, key: str) -> IdempotencyRecord | None:
+        """Return the unexpired record of ``key``, or ``None``; counts as a use."""
+        with self._lock:
+            done = self._done.get(key)
+            if done is None:
+                return None
+            if done.expires_at <= self._clock():
+                del self._done[key]
+                return None
+            self._done.move_to_end(key)
+            return done.result.record
+
+    def forget(self, key: str) -> None:
+        """Drop the record or claim of ``key``: the next call runs again.
+
+        Forgetting an in-progress key lets the next call run at once; the
+        running call's result is then not recorded.
+        """
+        with self._lock:
+            self._done.pop(key, None)
+            self._claims.pop(key, None)
+
+    def clear(self) -> None:
+        """Drop every record and claim."""
+        with self._lock:
+            self._done.clear()
+            self._claims.clear()
+
+    def _evict(self) -> None:
+        # Caller holds the lock. Only completed records go; claims are running work.
+        excess = len(self._done) + len(self._claims) - self._max_entries
+        while excess > 0 and self._done:
+            self._done.popitem(last=False)
+            excess -= 1

@@ -1,0 +1,323 @@
+"""Turn a call's arguments into an idempotency key and an argument fingerprint.
+
+Everything here runs before anything is claimed, so a bad key never leaves a
+claim behind. Template keys avoid ``Signature.bind`` on each call: the position
+and default of each named argument are worked out once, at decoration time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import string
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["KeyFunction", "make_fingerprint", "make_key"]
+
+# Resolves a call's (args, kwargs) to a string.
+KeyFunction = Callable[[tuple[Any, ...], dict[str, Any]], str]
+
+_MISSING: Any = object()
+_FIELD_END = re.compile(r"[.\[]")
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _signature(func: Callable[..., Any], what: str) -> inspect.Signature:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"@idempotent cannot read the signature of {func!r} to {what}: pass "
+            "key= as a callable (and fingerprint= as a callable) instead."
+        ) from exc
+
+
+def _template_fields(template: str) -> list[str]:
+    """Return the argument names a ``str.format`` template refers to."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"@idempotent(key={template!r}) is not a valid str.format template: {exc}."
+        ) from exc
+    names: list[str] = []
+    for _literal, field, spec, _conversion in parsed:
+        if field is None:
+            continue
+        name = _FIELD_END.split(field, maxsplit=1)[0]
+        if not name.isidentifier():
+            raise ValueError(
+                f"@idempotent(key={template!r}) has a positional field "
+                f"{{{field}}}: name the argument instead, as in '{{user_id}}'."
+            )
+        names.append(name)
+        if spec:
+            names.extend(_template_fields(spec))
+    return names
+
+
+def _template_key(
+    func: Callable[..., Any], template: str, prefix: str, qualname: str
+) -> KeyFunction:
+    signature = _signature(func, "check the key template")
+    params = signature.parameters
+    names = list(dict.fromkeys(_template_fields(template)))
+    for name in names:
+        if name not in params:
+            raise ValueError(
+                f"@idempotent(key={template!r}) names {name!r}, which is not an "
+                f"argument of {qualname}{signature}: use one of "
+                f"{', '.join(params) or 'its (no) arguments'}."
+            )
+
+    def fail(exc: Exception) -> ValueError:
+        return ValueError(
+            f"could not format the idempotency key template {template!r} for "
+            f"{qualname}(): {type(exc).__name__}: {exc}"
+        )
+
+    if any(params[n].kind in _VARIADIC for n in names):
+        # *args/**kwargs fields need the full binding; rare enough to pay for it.
+        def slow_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(
+                    f"cannot build the idempotency key of {qualname}(): {exc}"
+                ) from exc
+            bound.apply_defaults()
+            try:
+                return prefix + template.format_map(bound.arguments)
+            except Exception as exc:
+                raise fail(exc) from exc
+
+        return slow_key
+
+    positional = [
+        p.name
+        for p in params.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+    def where(name: str) -> tuple[int, bool, Any]:
+        # (position or -1, may come by keyword, default or _MISSING)
+        param = params[name]
+        return (
+            positional.index(name) if name in positional else -1,
+            param.kind is not inspect.Parameter.POSITIONAL_ONLY,
+            _MISSING if param.default is inspect.Parameter.empty else param.default,
+        )
+
+    def missing(name: str) -> TypeError:
+        return TypeError(
+            f"{qualname}() missing argument {name!r}, which the idempotency key "
+            f"template {template!r} needs"
+        )
+
+    parsed = list(string.Formatter().parse(template))
+    if all(
+        field is None or (field.isidentifier() and "{" not in (spec or ""))
+        for _literal, field, spec, _conversion in parsed
+    ):
+        return _compiled_key(parsed, prefix, where, missing, fail)
+
+    specs = [(name, *where(name)) for name in names]
+
+    def mapped_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        values: dict[str, Any] = {}
+        for name, index, by_keyword, default in specs:
+            if 0 <= index < len(args):
+                values[name] = args[index]
+            elif by_keyword and name in kwargs:
+                values[name] = kwargs[name]
+            elif default is not _MISSING:
+                values[name] = default
+            else:
+                raise missing(name)
+        try:
+            return prefix + template.format_map(values)
+        except Exception as exc:
+            raise fail(exc) from exc
+
+    return mapped_key
+
+
+_CONVERSIONS: dict[str | None, Callable[[object], str] | None] = {
+    None: None,
+    "s": str,
+    "r": repr,
+    "a": ascii,
+}
+
+
+def _compiled_key(
+    parsed: list[tuple[str, str | None, str | None, str | None]],
+    prefix: str,
+    where: Callable[[str], tuple[int, bool, Any]],
+    missing: Callable[[str], TypeError],
+    fail: Callable[[Exception], ValueError],
+) -> KeyFunction:
+    """Build a key without ``str.format``'s parsing: the template has plain fields only.
+
+    Each field is formatted exactly as ``str.format`` would: conversion, then
+    ``format(value, spec)``; it saves the per-call parse on the hit path.
+    """
+    head = prefix + parsed[0][0]
+    parts: list[
+        tuple[str, int, bool, Any, Callable[[object], str] | None, str, str]
+    ] = []
+    for i, (_literal, field, spec, conversion) in enumerate(parsed):
+        if field is None:
+            continue
+        following = parsed[i + 1][0] if i + 1 < len(parsed) else ""
+        if conversion not in _CONVERSIONS:
+            raise fail(ValueError(f"unknown conversion specifier {conversion!r}"))
+        parts.append(
+            (field, *where(field), _CONVERSIONS[conversion], spec or "", following)
+        )
+
+    def compiled_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        key = head
+        for name, index, by_keyword, default, convert, spec, following in parts:
+            if 0 <= index < len(args):
+                value = args[index]
+            elif by_keyword and name in kwargs:
+                value = kwargs[name]
+            elif default is not _MISSING:
+                value = default
+            else:
+                raise missing(name)
+            try:
+                if convert is not None:
+                    value = convert(value)
+                key += format(value, spec) + following
+            except Exception as exc:
+                raise fail(exc) from exc
+        return key
+
+    return compiled_key
+
+
+def _callable_key(
+    key: Callable[..., object], prefix: str, qualname: str
+) -> KeyFunction:
+    def call_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        try:
+            value = key(*args, **kwargs)
+        except Exception as exc:
+            raise ValueError(
+                f"the idempotency key function of {qualname}() raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(value, str):
+            raise TypeError(
+                f"the idempotency key function of {qualname}() must return a str, "
+                f"got {type(value).__name__}: build the key with an f-string."
+            )
+        return prefix + value
+
+    return call_key
+
+
+def make_key(
+    func: Callable[..., Any],
+    key: str | Callable[..., object],
+    namespace: str,
+    qualname: str,
+) -> KeyFunction:
+    """Build the resolver of ``"<namespace>:<key>"`` for calls of ``func``.
+
+    Raises:
+        ValueError: the template is malformed, positional, or names an unknown
+            argument.
+    """
+    prefix = f"{namespace}:"
+    if isinstance(key, str):
+        return _template_key(func, key, prefix, qualname)
+    return _callable_key(key, prefix, qualname)
+
+
+def make_fingerprint(
+    func: Callable[..., Any], fingerprint: Callable[..., object] | None, qualname: str
+) -> KeyFunction:
+    """Build the resolver of a call's argument fingerprint.
+
+    With no ``fingerprint`` callable, the fingerprint is a BLAKE2b digest of the
+    ``repr`` of every bound argument, defaults applied, so positional and
+    keyword calls agree; arguments must have value-based reprs.
+    """
+    if fingerprint is not None:
+        custom = fingerprint
+
+        def call_fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            try:
+                value = custom(*args, **kwargs)
+            except Exception as exc:
+                raise ValueError(
+                    f"the fingerprint function of {qualname}() raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"the fingerprint function of {qualname}() must return a str, "
+                    f"got {type(value).__name__}."
+                )
+            return value
+
+        return call_fingerprint
+
+    signature = _signature(func, "fingerprint its arguments")
+    params = list(signature.parameters.values())
+    names = [p.name for p in params]
+    simple = not any(p.kind in _VARIADIC for p in params)
+    positional = sum(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
+    )
+    by_keyword = {p.name for p in params if p.kind is not p.POSITIONAL_ONLY}
+    defaults = [p.default for p in params]
+
+    def quick_items(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[str, Any], ...] | None:
+        # What Signature.bind + apply_defaults gives for a plain signature, faster;
+        # None sends anything unusual (including bad calls) to the full binding.
+        if not simple or len(args) > positional:
+            return None
+        values = list(args)
+        used = 0
+        for name, default in zip(
+            names[len(args) :], defaults[len(args) :], strict=True
+        ):
+            if name in kwargs and name in by_keyword:
+                values.append(kwargs[name])
+                used += 1
+            elif default is not inspect.Parameter.empty:
+                values.append(default)
+            else:
+                return None
+        return tuple(zip(names, values, strict=True)) if used == len(kwargs) else None
+
+    def repr_fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        items = quick_items(args, kwargs)
+        if items is None:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(
+                    f"cannot fingerprint the arguments of {qualname}(): {exc}"
+                ) from exc
+            bound.apply_defaults()
+            items = tuple(bound.arguments.items())
+        try:
+            text = repr(items)
+        except Exception as exc:
+            raise ValueError(
+                f"cannot fingerprint the arguments of {qualname}(): an argument's "
+                f"repr raised {type(exc).__name__}: {exc}"
+            ) from exc
+        data = text.encode("utf-8", "backslashreplace")
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+    return repr_fingerprint

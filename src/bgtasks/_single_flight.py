@@ -1,0 +1,236 @@
+"""What an idempotent call does once its key is known: replay, wait, or run and record.
+
+The hit path (a completed key) is in the wrappers themselves; everything here
+runs only on the rarer paths: a duplicate of a running call, or the end of a
+call that ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import threading
+import time
+from typing import Any, Literal
+
+import anyio
+
+from ._flight import board
+from ._keys import KeyFunction
+from ._stores import ClaimResult, IdempotencyRecord, IdempotencyStore
+from .exceptions import DuplicateTaskError, IdempotencyConflictError
+
+__all__ = ["RUN", "OnDuplicate", "Policy", "new_owner"]
+
+OnDuplicate = Literal["wait", "skip", "raise"]
+
+#: Returned by ``settle_*`` when the caller now holds the claim and must run.
+RUN: Any = object()
+
+
+class _Owners:
+    """Unique owner tokens: a random per-process prefix and a counter."""
+
+    __slots__ = ("counter", "prefix")
+
+    def __init__(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(1)
+
+
+_owners = _Owners()
+
+
+def _reseed_owners() -> None:
+    _owners.prefix = secrets.token_hex(8)
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    # A forked child must never reuse its parent's tokens against a shared store.
+    os.register_at_fork(after_in_child=_reseed_owners)
+
+
+def new_owner() -> str:
+    """Return a token no other call, in any process, will use."""
+    return f"{_owners.prefix}-{next(_owners.counter)}"
+
+
+class Policy:
+    """The options of one decorated function, and its slow paths."""
+
+    __slots__ = (
+        "fingerprint_of",
+        "key_of",
+        "lease",
+        "mode",
+        "name",
+        "record_errors",
+        "store",
+        "ttl",
+        "wait_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        store: IdempotencyStore,
+        key_of: KeyFunction,
+        fingerprint_of: KeyFunction | None,
+        mode: OnDuplicate,
+        ttl: float,
+        lease: float,
+        wait_timeout: float | None,
+        record_errors: tuple[type[Exception], ...],
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.key_of = key_of
+        self.fingerprint_of = fingerprint_of
+        self.mode = mode
+        self.ttl = ttl
+        self.lease = lease
+        self.wait_timeout = wait_timeout
+        self.record_errors = record_errors
+
+    def replay(self, record: IdempotencyRecord | None, fingerprint: str | None) -> Any:
+        """Return (or raise) a completed key's recorded outcome."""
+        if record is None:
+            raise TypeError(
+                f"the idempotency store of {self.name}() returned a completed "
+                "claim without a record: ClaimResult.record must be set."
+            )
+        self._check_conflict(record.fingerprint, fingerprint)
+        if record.error is not None:
+            # A fresh traceback per replay: re-raising would otherwise grow it.
+            raise record.error.with_traceback(None)
+        return record.value
+
+    def _check_conflict(self, held: str | None, fingerprint: str | None) -> None:
+        if fingerprint is not None and held is not None and held != fingerprint:
+            raise IdempotencyConflictError(
+                f"an idempotency key of {self.name}() was reused with different "
+                "arguments; use a key that includes what differs, or the same "
+                "arguments."
+            )
+
+    def _settle(self, found: ClaimResult, fingerprint: str | None) -> Any:
+        # A "claimed" or "completed" result: run, or replay.
+        if found.status == "claimed":
+            return RUN
+        return self.replay(found.record, fingerprint)
+
+    def _duplicate_now(self, found: ClaimResult, fingerprint: str | None) -> Any:
+        # The key is running elsewhere and this mode does not wait.
+        self._check_conflict(found.fingerprint, fingerprint)
+        if self.mode == "skip":
+            return None
+        raise DuplicateTaskError(
+            f"{self.name}() is already running for this idempotency key "
+            '(on_duplicate="raise").'
+        )
+
+    def _wait_for(
+        self,
+        found: ClaimResult,
+        fingerprint: str | None,
+        deadline: float | None,
+        now: float,
+    ) -> float:
+        """Return how long to wait for the running call before looking again."""
+        self._check_conflict(found.fingerprint, fingerprint)
+        timeout = found.retry_after
+        if deadline is not None:
+            left = deadline - now
+            if left <= 0:
+                raise DuplicateTaskError(
+                    f"gave up after waiting {self.wait_timeout:g}s for the running "
+                    f"call of {self.name}() with the same idempotency key."
+                )
+            timeout = min(timeout, left)
+        return max(0.0, min(timeout, threading.TIMEOUT_MAX))
+
+    def settle_sync(
+        self, found: ClaimResult, key: str, owner: str, fingerprint: str | None
+    ) -> Any:
+        """Replay, skip, raise, or wait in this thread until the key is free or done."""
+        if found.status != "in_progress":
+            return self._settle(found, fingerprint)
+        if self.mode != "wait":
+            return self._duplicate_now(found, fingerprint)
+        deadline = (
+            None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
+        )
+        store = self.store
+        while True:
+            flight, event = board.join_thread(store, key)
+            try:
+                found = store.claim(
+                    key, owner=owner, lease=self.lease, fingerprint=fingerprint
+                )
+                if found.status != "in_progress":
+                    return self._settle(found, fingerprint)
+                event.wait(
+                    self._wait_for(found, fingerprint, deadline, time.monotonic())
+                )
+            finally:
+                board.leave(store, key, flight)
+
+    async def settle_async(
+        self, found: ClaimResult, key: str, owner: str, fingerprint: str | None
+    ) -> Any:
+        """Like :meth:`settle_sync`, waiting as a cancellable task on the loop."""
+        if found.status != "in_progress":
+            return self._settle(found, fingerprint)
+        if self.mode != "wait":
+            return self._duplicate_now(found, fingerprint)
+        now = anyio.current_time()
+        deadline = None if self.wait_timeout is None else now + self.wait_timeout
+        store = self.store
+        while True:
+            flight, waiters = board.join_loop(store, key)
+            try:
+                found = store.claim(
+                    key, owner=owner, lease=self.lease, fingerprint=fingerprint
+                )
+                if found.status != "in_progress":
+                    return self._settle(found, fingerprint)
+                timeout = self._wait_for(
+                    found, fingerprint, deadline, anyio.current_time()
+                )
+                with anyio.move_on_after(timeout):
+                    await waiters.event.wait()
+            finally:
+                board.leave(store, key, flight, waiters)
+
+    def succeed(
+        self, key: str, owner: str, fingerprint: str | None, value: object
+    ) -> None:
+        """Record the owner's result and wake the key's waiters."""
+        try:
+            self.store.complete(
+                key,
+                owner=owner,
+                record=IdempotencyRecord(value, None, fingerprint),
+                ttl=self.ttl,
+            )
+        finally:
+            board.land(self.store, key)
+
+    def fail(
+        self, key: str, owner: str, fingerprint: str | None, exc: BaseException
+    ) -> None:
+        """Record a listed error, or release the claim; then wake the waiters."""
+        try:
+            if self.record_errors and isinstance(exc, self.record_errors):
+                self.store.complete(
+                    key,
+                    owner=owner,
+                    record=IdempotencyRecord(None, exc, fingerprint),
+                    ttl=self.ttl,
+                )
+            else:
+                self.store.release(key, owner=owner)
+        finally:
+            board.land(self.store, key)
