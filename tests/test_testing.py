@@ -10,7 +10,7 @@ from typing import Literal
 import anyio
 import pytest
 
-from bgtasks import backoff, retry
+from bgtasks import MemoryStore, backoff, retry
 from bgtasks._testing import instant_var
 from bgtasks.testing import RetryRecorder, instant_retries
 
@@ -305,3 +305,38 @@ def test_testclient_background_tasks_skip_their_waits(
         assert client.post("/signup").status_code == 200
     assert mailbox.sent == ["sync@example.com", "async@example.com"]
     assert instant_retries.attempts == [1, 2]
+
+
+def test_fresh_idempotency_store_empties_the_default_store() -> None:
+    """A key completed before the block runs again inside it, and is gone after."""
+    from bgtasks import idempotent
+    from bgtasks.testing import fresh_idempotency_store
+
+    calls: list[int] = []
+
+    @idempotent(key="fresh:{n}")
+    def work(n: int) -> int:
+        calls.append(n)
+        return n
+
+    work(1)
+    with fresh_idempotency_store() as store:
+        assert len(store) == 0
+        work(1)
+        work(1)
+        assert len(store) == 1
+    assert len(store) == 0
+    assert calls == [1, 1]
+
+
+def test_idempotency_store_fixture(idempotency_store: MemoryStore) -> None:
+    """The plugin's fixture yields the empty default store that idempotent uses."""
+    from bgtasks import idempotent
+
+    @idempotent(key="fixture:{n}")
+    def work(n: int) -> int:
+        return n * 2
+
+    assert len(idempotency_store) == 0
+    assert work(3) == 6
+    assert len(idempotency_store) == 1

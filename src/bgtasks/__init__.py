@@ -20,6 +20,8 @@ from ._records import TaskInfo as TaskInfo
 from ._records import TaskState as TaskState
 from ._retry import RetryEvent as RetryEvent
 from ._retry import retry as retry
+from ._stores import ClaimResult as ClaimResult
+from ._stores import IdempotencyRecord as IdempotencyRecord
 from ._stores import IdempotencyStore as IdempotencyStore
 from ._stores import MemoryStore as MemoryStore
 from ._timeout import checkpoint as checkpoint
@@ -29,6 +31,8 @@ from ._timeout import timeout as timeout
 __version__ = _version("bgtasks")
 
 __all__ = [
+    "ClaimResult",
+    "IdempotencyRecord",
     "IdempotencyStore",
     "MemoryStore",
     "RetryEvent",

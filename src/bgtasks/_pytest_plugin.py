@@ -1,4 +1,4 @@
-"""The bgtasks pytest plugin: the ``instant_retries`` fixture for users' tests.
+"""The bgtasks pytest plugin: fixtures for users' tests of their own tasks.
 
 pytest imports this module in every run of every project that has bgtasks
 installed, so it imports nothing of bgtasks until the fixture is used.
@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from bgtasks import MemoryStore
     from bgtasks.testing import RetryRecorder
 
-__all__ = ["instant_retries"]
+__all__ = ["idempotency_store", "instant_retries"]
 
 
 @pytest.fixture
@@ -30,3 +31,15 @@ def instant_retries() -> Iterator[RetryRecorder]:
 
     with _instant_retries() as recorder:
         yield recorder
+
+
+@pytest.fixture
+def idempotency_store() -> Iterator[MemoryStore]:
+    """Give the test an empty default idempotency store, emptied again after it.
+
+    Same as ``with bgtasks.testing.fresh_idempotency_store():`` around the test.
+    """
+    from bgtasks.testing import fresh_idempotency_store  # noqa: PLC0415
+
+    with fresh_idempotency_store() as store:
+        yield store

@@ -1,4 +1,4 @@
-"""Test helpers: retries that do not wait, and a record of what was retried.
+"""Test helpers: instant retries with a record of them, and a clean idempotency store.
 
 The switch is a context variable, not a global: it covers the code run in the
 ``with`` block, the tasks it starts and the worker threads anyio or Starlette
@@ -14,10 +14,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, final
 
+from ._idempotent import default_store
+from ._stores import MemoryStore
+
 if TYPE_CHECKING:
     from ._retry_policy import RetryEvent
 
-__all__ = ["RetryRecorder", "instant_retries", "instant_var"]
+__all__ = ["RetryRecorder", "fresh_idempotency_store", "instant_retries", "instant_var"]
 
 
 @final
@@ -114,3 +117,20 @@ def instant_retries(*, jitter: bool = False) -> Generator[RetryRecorder, None, N
         yield recorder
     finally:
         instant_var.reset(token)
+
+
+@contextmanager
+def fresh_idempotency_store() -> Generator[MemoryStore, None, None]:
+    """Start and end with an empty default idempotency store; yield it.
+
+    ``@idempotent`` without ``store=`` records into one process-wide
+    `MemoryStore`, so a key completed by one test would make the next test's
+    call a replay. Use this (or the ``idempotency_store`` pytest fixture)
+    around each test that calls such functions.
+    """
+    store = default_store()
+    store.clear()
+    try:
+        yield store
+    finally:
+        store.clear()

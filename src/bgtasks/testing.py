@@ -1,11 +1,17 @@
-"""Helpers for testing code that uses bgtasks: retries without waiting.
+"""Helpers for testing code that uses bgtasks, without waiting.
 
-Also available as the ``instant_retries`` pytest fixture, registered by the
-bgtasks pytest plugin as soon as bgtasks is installed.
+- `instant_retries`: ``bgtasks.retry`` skips its waits and records each retry.
+- `ManualClock`: a clock that moves only when told to, for ``MemoryStore(clock=...)``
+  and other injectable clocks, so expiry is tested without sleeping.
+- `fresh_idempotency_store`: an empty default idempotency store per test.
+
+The pytest plugin that bgtasks installs also provides the ``instant_retries``
+and ``idempotency_store`` fixtures.
 """
 
 from __future__ import annotations
 
-from ._testing import RetryRecorder, instant_retries
+from ._clock import ManualClock
+from ._testing import RetryRecorder, fresh_idempotency_store, instant_retries
 
-__all__ = ["RetryRecorder", "instant_retries"]
+__all__ = ["ManualClock", "RetryRecorder", "fresh_idempotency_store", "instant_retries"]
