@@ -1,9 +1,447 @@
-"""PLACEHOLDER: replaced by the helper that owns this module."""
+"""``TaskManager``: tracked background tasks with ids, status, progress, cancel."""
+
 from __future__ import annotations
-from typing import Any
 
-class TaskManager:
-    pass
+import builtins
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
 
-def current_task() -> Any:
-    raise NotImplementedError
+import anyio
+from starlette.background import BackgroundTasks
+from typing_extensions import Self
+
+from ._core import ManagerCore
+from ._events import Subscriber, TaskEvent
+from ._records import Cancellable, TaskHandle, TaskInfo, TaskRecord, TaskState
+from ._running import TaskContext, current_task
+from ._submit import (
+    check_int,
+    check_seconds,
+    current_library,
+    loop_token,
+    prepare,
+    tracked_wrapper,
+)
+from .exceptions import TaskNotFoundError
+
+if TYPE_CHECKING:
+    from anyio.lowlevel import EventLoopToken
+
+__all__ = ["TaskContext", "TaskManager", "current_task"]
+
+
+class TaskManager(ManagerCore):
+    """Run background tasks you can look up, wait for and cancel by id.
+
+    Tasks run in the manager's own anyio task group: ``async def`` functions on
+    the event loop, plain functions in a worker thread. Use it as an async
+    context manager, typically in the app's lifespan: leaving it waits up to
+    ``drain_timeout`` for running and pending tasks, then cancels the rest.
+
+    Args:
+        max_concurrency: at most this many tasks run at once; the others wait
+            as PENDING, in submission order. None: no limit.
+        max_finished: how many finished records to keep; the oldest finished
+            ones are dropped first.
+        finished_ttl: how long (seconds or a timedelta) to keep a finished
+            record; None keeps them until ``max_finished`` pushes them out.
+        drain_timeout: how long shutdown waits for tasks before cancelling.
+        propagate_errors: re-raise a failing ``add_task`` task's exception after
+            recording it, as plain Starlette does (which skips the request's
+            remaining background tasks). Spawned tasks never re-raise.
+        log_failures: log each failed task on the ``bgtasks`` logger at ERROR
+            with its traceback (never its arguments).
+        clock: monotonic seconds, for retention by age; tests pass a fake.
+
+    Raises:
+        TypeError: an option has the wrong type.
+        ValueError: an option is out of range.
+
+    Example:
+        ```python
+        manager = TaskManager(max_concurrency=8, max_finished=1000)
+        ```
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        max_finished: int = 10_000,
+        finished_ttl: float | timedelta | None = 3600.0,
+        drain_timeout: float = 10.0,
+        propagate_errors: bool = False,
+        log_failures: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_concurrency is not None:
+            check_int("max_concurrency", max_concurrency, minimum=1, none_ok=True)
+        check_int("max_finished", max_finished, minimum=0)
+        ttl = (
+            finished_ttl.total_seconds()
+            if isinstance(finished_ttl, timedelta)
+            else finished_ttl
+        )
+        if ttl is not None:
+            check_seconds("finished_ttl", ttl, extra=", a timedelta or None")
+        check_seconds("drain_timeout", drain_timeout)
+        if not callable(clock):
+            raise TypeError(
+                f"clock must be a callable returning monotonic seconds (like "
+                f"time.monotonic), got {type(clock).__name__}."
+            )
+        super().__init__(
+            max_concurrency=max_concurrency,
+            max_finished=max_finished,
+            finished_ttl=ttl,
+            propagate_errors=propagate_errors,
+            log_failures=log_failures,
+            clock=clock,
+        )
+        self._drain_timeout = float(drain_timeout)
+        self._owner: object = None
+        self._token: EventLoopToken | None = None
+        self._library: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True from ``async with manager:`` until its close begins."""
+        return self._accepting
+
+    async def __aenter__(self) -> Self:
+        """Start the manager's task group; a closed manager may be entered again.
+
+        Raises:
+            RuntimeError: the manager is already running.
+        """
+        if self._tg is not None:
+            raise RuntimeError(
+                "this TaskManager is already running: enter it once (one "
+                "`async with manager:` at a time), or create another manager."
+            )
+        tg = anyio.create_task_group()
+        self._tg = tg
+        try:
+            await tg.__aenter__()
+        except BaseException:  # pragma: no cover - anyio failing to start a group
+            self._tg = None
+            raise
+        self._owner = anyio.get_current_task().id
+        self._loop_thread = threading.get_ident()
+        self._token = loop_token()
+        self._library = current_library()
+        with self._lock:
+            self._accepting = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Drain for ``drain_timeout`` (no drain if the body raised), then cancel."""
+        await self._close(0.0 if exc_type is not None else self._drain_timeout)
+
+    async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a drain period, not a deadline
+        """Stop accepting tasks, wait for them up to ``timeout``, cancel the rest.
+
+        Afterwards every task is SUCCEEDED, FAILED or CANCELLED. Sync tasks
+        cannot be killed: shutdown waits for them to notice the cancellation
+        (``bgtasks.checkpoint()``) or return. Call it from the task that entered
+        the manager, as a lifespan does. Closing a closed manager does nothing.
+
+        Args:
+            timeout: seconds to wait before cancelling; None uses
+                ``drain_timeout``, 0 cancels at once.
+        """
+        if timeout is not None:
+            check_seconds("timeout", timeout)
+        await self._close(self._drain_timeout if timeout is None else float(timeout))
+
+    async def _close(self, drain: float) -> None:
+        tg = self._tg
+        if tg is None:
+            return  # never entered, or already closed
+        if anyio.get_current_task().id != self._owner:
+            raise RuntimeError(
+                "close the TaskManager from the task that entered it (anyio task "
+                "groups require it): leave its `async with` block, or call "
+                "aclose() where it was entered, e.g. at the end of the lifespan."
+            )
+        self._owner = None
+        with self._lock:
+            self._accepting = False
+            idle = self._idle = anyio.Event() if self._active else None
+        interrupted: BaseException | None = None
+        try:
+            if idle is not None and drain > 0:
+                with anyio.move_on_after(drain):
+                    await idle.wait()
+        except BaseException as error:  # cancelled while draining: still clean up
+            interrupted = error
+        await self._cancel_all()
+        tg.cancel_scope.cancel()
+        try:
+            # Not handed the body's exception: it propagates as is, not grouped.
+            await tg.__aexit__(None, None, None)
+        finally:
+            self._tg = None
+            self._loop_thread = None
+            with anyio.CancelScope(shield=True):
+                await self._wait_idle()
+            self._idle = None
+        if interrupted is not None:  # pragma: no cover - the group re-raised it first
+            raise interrupted
+
+    async def _cancel_all(self) -> None:
+        """Cancel every PENDING and RUNNING task (shutdown, after draining)."""
+        now = time.time()
+        mono = self._registry.clock()
+        events: builtins.list[TaskEvent] = []
+        scopes: builtins.list[Cancellable] = []
+        with self._lock:
+            for record in self._registry.active():
+                if record.state is TaskState.PENDING:
+                    events.extend(self._end_pending(record, now, mono))
+                else:
+                    record.cancel_requested = True
+                    if record.run is not None and not isinstance(
+                        record.run, tuple
+                    ):  # pragma: no branch
+                        scopes.append(record.run)
+            self._queue.clear()
+        for scope in scopes:
+            scope.cancel()
+        await self._announce(events)
+
+    async def _wait_idle(self) -> None:
+        """Wait for ``add_task`` tasks still running in request tasks."""
+        with self._lock:
+            idle = self._idle = anyio.Event() if self._active else None
+        if idle is not None:
+            await idle.wait()
+
+    # -- submission ---------------------------------------------------------
+
+    def spawn(
+        self,
+        func: Callable[..., Any],
+        /,
+        *args: Any,
+        _task_id: str | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle:
+        """Start ``func(*args, **kwargs)`` as a tracked task; return at once.
+
+        Safe from the event loop and from worker threads. The task runs with a
+        copy of the caller's context variables.
+
+        Args:
+            func: an ``async def`` function (run on the loop) or a plain
+                function (run in a worker thread).
+            *args: positional arguments for ``func``.
+            _task_id: the task's id (``A-Z a-z 0-9 _ -``, 1 to 128 characters);
+                default: a random, unguessable one.
+            **kwargs: keyword arguments for ``func``.
+
+        Raises:
+            ManagerNotRunningError: the manager is not entered, or is closing.
+            TaskAlreadyExistsError: ``_task_id`` belongs to an active task.
+            TypeError: ``func`` is not a function the manager can run.
+            ValueError: ``_task_id`` is malformed.
+        """
+        on_loop = threading.get_ident() == self._loop_thread
+        call, name = prepare(
+            func,
+            args,
+            kwargs,
+            _task_id,
+            method="spawn",
+            library=None if on_loop else self._library,
+        )
+        record, launch = self._register(call, name, _task_id, spawned=True)
+        if launch:
+            if on_loop:
+                self._launch(record)
+            elif self._token is None:  # pragma: no cover - anyio < 4.11
+                anyio.from_thread.run_sync(self._launch, record)
+            else:
+                anyio.from_thread.run_sync(self._launch, record, token=self._token)
+        return TaskHandle(self, record)
+
+    def add_task(
+        self,
+        background_tasks: BackgroundTasks,
+        func: Callable[..., Any],
+        /,
+        *args: Any,
+        _task_id: str | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle:
+        """Track ``func`` on the request's own ``BackgroundTasks``.
+
+        The task is recorded as PENDING at once and runs when Starlette runs the
+        request's background tasks, after the response. A task that fails is
+        recorded and logged, and the request's next background tasks still run
+        (unless ``propagate_errors=True``). If it never gets to run, it ends
+        CANCELLED when the manager closes.
+
+        Args:
+            background_tasks: Starlette's (or FastAPI's) ``BackgroundTasks``.
+            func: the task function, sync or async.
+            *args: positional arguments for ``func``.
+            _task_id: as in :meth:`spawn`.
+            **kwargs: keyword arguments for ``func``.
+
+        Raises:
+            ManagerNotRunningError: the manager is not entered, or is closing.
+            TaskAlreadyExistsError: ``_task_id`` belongs to an active task.
+            TypeError: wrong argument types (the BackgroundTasks comes first).
+            ValueError: ``_task_id`` is malformed.
+        """
+        tasks = cast("object", background_tasks)  # checked at run time: a common mix-up
+        if not isinstance(tasks, BackgroundTasks):
+            raise TypeError(
+                "add_task() takes the request's BackgroundTasks first, then the "
+                "function: manager.add_task(background_tasks, func, *args), got "
+                f"{type(background_tasks).__name__}."
+            )
+        call, name = prepare(
+            func, args, kwargs, _task_id, method="add_task", library=self._library
+        )
+        record, _ = self._register(call, name, _task_id, spawned=False)
+        background_tasks.add_task(tracked_wrapper(self._run_external, record, func))
+        return TaskHandle(self, record)
+
+    # -- queries ------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskInfo | None:
+        """Return a snapshot of the task, or None for an unknown (or dropped) id."""
+        with self._lock:
+            record = self._registry.get(task_id)
+            return None if record is None else record.snapshot()
+
+    def list(
+        self, *, state: TaskState | str | None = None, limit: int | None = None
+    ) -> builtins.list[TaskInfo]:
+        """Return snapshots, newest submission first.
+
+        Args:
+            state: only tasks in this state (a TaskState or its value).
+            limit: at most this many.
+
+        Raises:
+            ValueError: unknown state, or a negative limit.
+        """
+        wanted = None if state is None else TaskState(state)
+        if limit is not None:
+            check_int("limit", limit, minimum=0)
+        found: builtins.list[TaskInfo] = []
+        if limit == 0:
+            return found
+        with self._lock:
+            for record in self._registry.newest():
+                if wanted is None or record.state is wanted:
+                    found.append(record.snapshot())
+                    if limit is not None and len(found) >= limit:
+                        break
+        return found
+
+    async def cancel(self, task_id: str) -> bool:
+        """Ask a task to stop; return False for unknown or finished tasks.
+
+        A PENDING task is cancelled at once and never runs. A running ``async
+        def`` task is cancelled at its next ``await``. A running sync task
+        cannot be interrupted: it stops when it calls ``bgtasks.checkpoint()``
+        (or ``anyio.from_thread.check_cancelled()``); until it stops, its
+        snapshot shows ``cancel_requested=True``, and if it returns or raises
+        anyway it ends SUCCEEDED or FAILED.
+        """
+        with self._lock:
+            record = self._registry.get(task_id)
+        if record is None:
+            return False
+        return await self._cancel_record(record)
+
+    async def _cancel_record(self, record: TaskRecord) -> bool:
+        now = time.time()
+        mono = self._registry.clock()
+        with self._lock:
+            if record.state.is_finished:
+                return False
+            if record.state is TaskState.PENDING:
+                events = self._end_pending(record, now, mono)
+            else:
+                events = []
+                record.cancel_requested = True
+                switch = record.run
+                if switch is not None and not isinstance(
+                    switch, tuple
+                ):  # pragma: no branch
+                    switch.cancel()
+        await self._announce(events)
+        return True
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the API contract's name
+    ) -> TaskInfo:
+        """Wait until the task is finished and return its final snapshot.
+
+        Raises:
+            TaskNotFoundError: unknown (or already dropped) id.
+            TimeoutError: the task did not finish within ``timeout`` seconds.
+        """
+        with self._lock:
+            record = self._registry.get(task_id)
+        if record is None:
+            raise TaskNotFoundError(
+                f"no task with id {task_id!r}: it never existed, or its record "
+                "was dropped by retention (max_finished / finished_ttl)."
+            )
+        return await self._wait_record(record, timeout)
+
+    async def _wait_record(self, record: TaskRecord, limit: float | None) -> TaskInfo:
+        with self._lock:
+            if record.state.is_finished:
+                return record.snapshot()
+            event = self._waiters.get(record)
+            if event is None:
+                event = self._waiters[record] = anyio.Event()
+        with anyio.fail_after(limit):
+            await event.wait()
+        with self._lock:
+            return record.snapshot()
+
+    def _info_of(self, record: TaskRecord) -> TaskInfo | None:
+        with self._lock:
+            return record.snapshot() if self._registry.is_stored(record) else None
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(event)`` on every state change of every task.
+
+        Sync callbacks run right after the change, in the thread that made it
+        (the event loop, or a worker thread that submitted a task): keep them
+        quick. Async callbacks are awaited by the task's own flow, so they see
+        each task's events in order. A callback that raises is logged on the
+        ``bgtasks`` logger and otherwise ignored.
+
+        Returns:
+            A function that unsubscribes ``callback``.
+        """
+        return self._subscribers.add(callback)
+
+    def __repr__(self) -> str:
+        state = "running" if self._accepting else "stopped"
+        return (
+            f"<TaskManager {state} active={self._active} records={len(self._registry)}>"
+        )

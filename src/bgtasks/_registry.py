@@ -1,0 +1,174 @@
+"""The manager's bounded record store: O(1) lookup, retention by count and age.
+
+Records live in one dict by id, in submission order. Finished records are also
+queued in finish order, so the oldest finished one is always at the front and
+retention drops it in O(1): finishing a task and reading the store both prune,
+so the store never holds more than ``max_finished`` finished records (plus the
+active ones) and none older than ``finished_ttl``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from ._records import TaskRecord, TaskState
+from .exceptions import TaskAlreadyExistsError
+
+__all__ = ["TASK_ID_PATTERN", "Registry", "check_task_id"]
+
+# Ids go into URL paths: the HTTP layer accepts exactly these.
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+# Random ids: 16 bytes each (as secrets.token_urlsafe(16)), read 256 at a time.
+_ID_BYTES = 16
+_ID_BATCH = 256
+
+# Ids replaced by reuse leave stale entries in the finish queue; rebuild the
+# queue once they outnumber the live ones by this much (amortized O(1)).
+_STALE_SLACK = 64
+
+
+def _random_ids(count: int) -> list[str]:
+    entropy = os.urandom(_ID_BYTES * count)
+    encode = base64.urlsafe_b64encode
+    return [
+        encode(entropy[at : at + _ID_BYTES]).rstrip(b"=").decode("ascii")
+        for at in range(0, len(entropy), _ID_BYTES)
+    ]
+
+
+def check_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it is a valid caller-given id.
+
+    Raises:
+        ValueError: not 1 to 128 characters of ``A-Z a-z 0-9 _ -``.
+    """
+    if not isinstance(task_id, str) or TASK_ID_PATTERN.fullmatch(task_id) is None:
+        raise ValueError(
+            f"_task_id must be 1 to 128 characters from A-Z, a-z, 0-9, '_' and '-' "
+            f"(it ends up in URLs), got {task_id!r}. Pass such a string, or omit "
+            "_task_id for a random id."
+        )
+    return task_id
+
+
+class Registry:
+    """Records by id, with retention; every method expects ``lock`` held."""
+
+    __slots__ = (
+        "_finished",
+        "_finished_count",
+        "_records",
+        "_spare_ids",
+        "clock",
+        "lock",
+        "max_finished",
+        "ttl",
+    )
+
+    def __init__(
+        self, *, max_finished: int, ttl: float | None, clock: Callable[[], float]
+    ) -> None:
+        self.lock = threading.Lock()
+        self.max_finished = max_finished
+        self.ttl = ttl
+        self.clock = clock
+        self._records: dict[str, TaskRecord] = {}
+        self._finished: deque[TaskRecord] = deque()
+        self._finished_count = 0
+        self._spare_ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def new_id(self) -> str:
+        """Return a random, unguessable id that no record uses.
+
+        The same as ``secrets.token_urlsafe(16)`` (16 bytes from
+        ``os.urandom``, URL-safe base64), made a batch at a time.
+        """
+        while True:
+            if not self._spare_ids:
+                self._spare_ids = _random_ids(_ID_BATCH)
+            task_id = self._spare_ids.pop()
+            if task_id not in self._records:  # pragma: no branch - 2**-128 odds
+                return task_id
+
+    def add(self, record: TaskRecord) -> None:
+        """Store ``record``; a finished record with the same id is replaced.
+
+        Raises:
+            TaskAlreadyExistsError: a task with this id is still active.
+        """
+        old = self._records.get(record.id)
+        if old is not None:
+            if not old.state.is_finished:
+                raise TaskAlreadyExistsError(
+                    f"task id {record.id!r} belongs to a task that is still "
+                    f"{old.state.value}; wait for it or cancel it first, or use "
+                    "another id."
+                )
+            # Delete first so the new record sits at the end (newest).
+            del self._records[record.id]
+            self._finished_count -= 1
+            if len(self._finished) > 2 * self._finished_count + _STALE_SLACK:
+                self._finished = deque(
+                    r for r in self._finished if self._records.get(r.id) is r
+                )
+        self._records[record.id] = record
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        """Return the record for ``task_id`` after pruning, or None."""
+        self.prune()
+        return self._records.get(task_id)
+
+    def is_stored(self, record: TaskRecord) -> bool:
+        """Tell whether ``record`` is still the one stored under its id."""
+        self.prune()
+        return self._records.get(record.id) is record
+
+    def finished(self, record: TaskRecord) -> None:
+        """Queue a record that just reached a terminal state, then prune."""
+        self._finished.append(record)
+        self._finished_count += 1
+        self.prune(record.finished_mono)
+
+    def prune(self, now: float | None = None) -> None:
+        """Drop finished records beyond the count limit or older than the TTL."""
+        queue = self._finished
+        if not queue:
+            return
+        records = self._records
+        ttl = self.ttl
+        cutoff = None if ttl is None else (self.clock() if now is None else now) - ttl
+        while queue:
+            oldest = queue[0]
+            if records.get(oldest.id) is not oldest:
+                queue.popleft()  # replaced by a reused id: already counted out
+            elif self._finished_count > self.max_finished or (
+                cutoff is not None and oldest.finished_mono <= cutoff
+            ):
+                queue.popleft()
+                del records[oldest.id]
+                self._finished_count -= 1
+            else:
+                return
+
+    def newest(self) -> Iterator[TaskRecord]:
+        """Iterate over the records, newest submission first (after pruning)."""
+        self.prune()
+        return reversed(self._records.values())
+
+    def active(self) -> list[TaskRecord]:
+        """Return the records that are PENDING or RUNNING, oldest first."""
+        # Active records are never pruned, so they are all in the dict.
+        return [r for r in self._records.values() if not r.state.is_finished]
+
+    def count(self, state: TaskState) -> int:
+        """Count the stored records in ``state`` (O(n); for tests and stats)."""
+        return sum(1 for r in self._records.values() if r.state is state)

@@ -1,0 +1,164 @@
+"""Checking what is submitted to a TaskManager, and wrapping it for Starlette."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio.lowlevel
+
+from ._records import Call, TaskRecord
+from ._registry import check_task_id
+from ._wrap import is_async_callable
+
+if TYPE_CHECKING:
+    from anyio.lowlevel import EventLoopToken
+
+__all__ = [
+    "check_int",
+    "check_seconds",
+    "current_library",
+    "loop_token",
+    "prepare",
+    "tracked_wrapper",
+    "unwrap",
+]
+
+
+def tracked_wrapper(
+    run: Callable[[TaskRecord], Any], record: TaskRecord, func: Callable[..., Any]
+) -> Callable[[], Any]:
+    """Return the ``async def`` that ``add_task`` hands to ``BackgroundTasks``.
+
+    It is always a coroutine function, so Starlette awaits it on the loop (the
+    manager sends sync functions to a worker thread itself), and it carries the
+    user function's name, qualname, module and docstring: FastAPI's spans and
+    log lines name the background task by them.
+    """
+
+    async def run_tracked() -> None:
+        await run(record)
+
+    target = unwrap(func)
+    run_tracked.__name__ = getattr(target, "__name__", record.name)
+    run_tracked.__qualname__ = record.name
+    run_tracked.__module__ = getattr(target, "__module__", None) or __name__
+    run_tracked.__doc__ = getattr(target, "__doc__", None)
+    return run_tracked
+
+
+def loop_token() -> EventLoopToken | None:
+    """Return the running loop's token, to reach it from any thread.
+
+    anyio < 4.11 has no tokens: then only its own worker threads can spawn.
+    """
+    get_token = getattr(anyio.lowlevel, "current_token", None)
+    return None if get_token is None else cast("EventLoopToken", get_token())
+
+
+def unwrap(func: object) -> object:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return func
+
+
+def prepare(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    task_id: str | None,
+    *,
+    method: str,
+    library: str | None,
+) -> tuple[Call, str]:
+    """Check a submission; capture its context; return its call and name.
+
+    ``library`` is the manager's async library as sniffio names it, given
+    for submissions from outside the loop's tasks: anyio blanks sniffio's
+    variable in its worker threads (and other threads never had it), and the
+    captured context must not carry that blank into the loop.
+    """
+    try:
+        name, is_async = _DESCRIPTIONS[func]
+    except (KeyError, TypeError):  # TypeError: an unhashable callable object
+        name, is_async = _describe(func, method)
+    if task_id is not None:
+        check_task_id(task_id)
+    context = contextvars.copy_context()
+    if library is not None and context.get(_LIBRARY_VAR) != library:  # type: ignore[arg-type]
+        context.run(_LIBRARY_VAR.set, library)  # type: ignore[union-attr]
+    return (func, args, kwargs, context, is_async), name
+
+
+def current_library() -> str | None:
+    """Return sniffio's name for the running async library, if sniffio is here."""
+    if _LIBRARY_VAR is None:  # pragma: no cover - sniffio comes with trio, httpx
+        return None
+    import sniffio  # noqa: PLC0415 - optional, like in anyio
+
+    return sniffio.current_async_library()
+
+
+def _library_var() -> contextvars.ContextVar[str | None] | None:
+    try:
+        import sniffio  # noqa: PLC0415 - optional, like in anyio
+    except ImportError:  # pragma: no cover - then anyio blanks nothing
+        return None
+    return sniffio.current_async_library_cvar
+
+
+_LIBRARY_VAR = _library_var()
+
+
+# Functions are submitted again and again: check each one once. Bounded (it
+# keeps the functions alive); cleared when full, e.g. by one-off partials.
+_DESCRIPTIONS: dict[object, tuple[str, bool]] = {}
+_DESCRIPTIONS_MAX = 1024
+
+
+def _describe(func: Callable[..., Any], method: str) -> tuple[str, bool]:
+    """Return a task function's name and kind, refusing what cannot run.
+
+    Raises:
+        TypeError: not callable, or a generator function.
+    """
+    target = unwrap(func)
+    if not callable(target):
+        raise TypeError(
+            f"{method}() needs a function to run, got {type(func).__name__} "
+            f"{func!r}; pass the function itself, then its arguments."
+        )
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"{method}() cannot run a generator function ({func!r}): its body runs "
+            "only when iterated. Collect the results in a regular function."
+        )
+    name = getattr(target, "__qualname__", None)
+    if not isinstance(name, str):
+        name = type(target).__qualname__
+    description = (name, is_async_callable(func))
+    with contextlib.suppress(TypeError):  # unhashable: just not cached
+        if len(_DESCRIPTIONS) >= _DESCRIPTIONS_MAX:
+            _DESCRIPTIONS.clear()
+        _DESCRIPTIONS[func] = description
+    return description
+
+
+def check_int(name: str, value: object, *, minimum: int, none_ok: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be an int{' or None' if none_ok else ''}, got {value!r}."
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+
+
+def check_seconds(name: str, value: object, *, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds{extra}, got {value!r}.")
+    if not value >= 0:
+        raise ValueError(f"{name} must be 0 or more seconds, got {value}.")

@@ -1,0 +1,73 @@
+"""Tasks run with a copy of the context variables of the moment they were submitted."""
+
+from __future__ import annotations
+
+import contextvars
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from bgtasks import TaskHandle, TaskManager, TaskState, current_task
+
+pytestmark = pytest.mark.anyio
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "request_id", default="-"
+)
+
+
+async def read_async() -> tuple[str, str]:
+    value = request_id.get()
+    request_id.set("changed-by-task")
+    return value, current_task().id
+
+
+def read_sync() -> tuple[str, str]:
+    value = request_id.get()
+    request_id.set("changed-by-task")
+    return value, current_task().id
+
+
+@pytest.mark.parametrize("func", [read_async, read_sync], ids=["async", "sync"])
+async def test_context_is_captured_at_spawn(func: object) -> None:
+    """The task sees the submitter's values; its own changes stay inside it."""
+    async with TaskManager() as manager:
+        token = request_id.set("req-1")
+        handle = manager.spawn(func)  # type: ignore[arg-type]
+        request_id.set("req-2")  # after submission: not seen by the task
+        info = await handle.wait(timeout=5)
+        request_id.reset(token)
+    assert ("req-1", handle.id) == info.result
+    assert request_id.get() == "-"
+
+
+@pytest.mark.parametrize("func", [read_async, read_sync], ids=["async", "sync"])
+async def test_context_is_captured_in_a_worker_thread(func: object) -> None:
+    """Spawned from a sync endpoint's thread, the task sees that thread's values."""
+    async with TaskManager() as manager:
+
+        def endpoint() -> TaskHandle:
+            request_id.set("from-thread")
+            return manager.spawn(func)  # type: ignore[arg-type]
+
+        handle = await anyio.to_thread.run_sync(endpoint)
+        info = await handle.wait(timeout=5)
+    assert ("from-thread", handle.id) == info.result
+
+
+async def test_nested_spawn_has_its_own_current_task() -> None:
+    """A task spawned by a task sees itself as current, not its parent."""
+    async with TaskManager() as manager:
+
+        async def parent() -> tuple[str, str]:
+            child = manager.spawn(read_async)
+            child_info = await child.wait(timeout=5)
+            return current_task().id, child_info.result[1]
+
+        handle = manager.spawn(parent)
+        info = await handle.wait(timeout=5)
+    assert info.state == TaskState.SUCCEEDED
+    parent_id, child_id = info.result
+    assert handle.id == parent_id
+    assert child_id != parent_id

@@ -1,0 +1,62 @@
+"""Checked by mypy and pyright, never run: the TaskManager API as users call it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.background import BackgroundTasks
+from typing_extensions import assert_type
+
+from bgtasks import TaskHandle, TaskInfo, TaskManager, TaskState, current_task
+from bgtasks._events import TaskEvent
+from bgtasks._records import TaskError
+from bgtasks._running import TaskContext
+
+
+async def report(user_id: int) -> dict[str, int]:
+    task = assert_type(current_task(), TaskContext)
+    task.set_progress(0.5, message="half")
+    assert_type(task.id, str)
+    assert_type(task.cancel_requested, bool)
+    return {"user_id": user_id}
+
+
+def thumbnail(name: str) -> str:
+    return name
+
+
+async def use(manager: TaskManager, tasks: BackgroundTasks) -> None:
+    async with manager as entered:
+        assert_type(entered, TaskManager)
+        handle = assert_type(manager.spawn(report, 7), TaskHandle)
+        assert_type(manager.spawn(thumbnail, "a.png", _task_id="thumb-1"), TaskHandle)
+        assert_type(manager.add_task(tasks, thumbnail, "b.png"), TaskHandle)
+        assert_type(handle.id, str)
+        assert_type(handle.info(), TaskInfo | None)
+        info = assert_type(await handle.wait(timeout=5), TaskInfo)
+        assert_type(await handle.cancel(), bool)
+        assert_type(manager.get(handle.id), TaskInfo | None)
+        assert_type(manager.list(state=TaskState.RUNNING, limit=10), list[TaskInfo])
+        assert_type(await manager.cancel(handle.id), bool)
+        assert_type(await manager.wait(handle.id, timeout=1.5), TaskInfo)
+        assert_type(manager.running, bool)
+        assert_type(info.state, TaskState)
+        assert_type(info.state.is_finished, bool)
+        assert_type(info.created_at, datetime)
+        assert_type(info.finished_at, datetime | None)
+        assert_type(info.error, TaskError | None)
+        assert_type(info.progress, float | None)
+        assert_type(info.to_dict(include_error_message=False), dict[str, Any])
+
+        def on_event(event: TaskEvent) -> None:
+            assert_type(event.new_state, TaskState)
+
+        async def on_event_async(event: TaskEvent) -> None:
+            assert_type(event.old_state, TaskState | None)
+
+        unsubscribe = assert_type(manager.subscribe(on_event), Callable[[], None])
+        manager.subscribe(on_event_async)
+        unsubscribe()
+    await manager.aclose(timeout=0)
