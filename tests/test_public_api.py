@@ -10,7 +10,14 @@ import pytest
 
 import bgtasks
 
-PUBLIC_MODULES = ["bgtasks", "bgtasks.backoff", "bgtasks.exceptions", "bgtasks.testing"]
+PUBLIC_MODULES = [
+    "bgtasks",
+    "bgtasks.backoff",
+    "bgtasks.exceptions",
+    "bgtasks.fastapi",
+    "bgtasks.starlette",
+    "bgtasks.testing",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

@@ -1,0 +1,230 @@
+"""FastAPI integration: the status/cancel ``APIRouter`` and the tracked tasks.
+
+No ``from __future__ import annotations`` here: FastAPI reads the endpoints'
+annotations at run time, and some name closure variables (``max_page_size``).
+"""
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Annotated, Any, Optional
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, params
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from ._http import TaskEndpoints
+from ._lifespan import manager_from_app
+from ._manager import TaskManager
+from ._records import TaskState
+from ._routes import check_manager
+from ._tracked import TrackedBackgroundTasks
+
+__all__ = [
+    "CancelConflictModel",
+    "ErrorDetailModel",
+    "TaskErrorModel",
+    "TaskInfoModel",
+    "TaskListModel",
+    "TrackedTasks",
+    "task_router",
+    "tracked_tasks",
+]
+
+
+class TaskErrorModel(BaseModel):
+    """Why a task failed: the exception type, and its message only if exposed."""
+
+    type: str = Field(description="The exception type's qualified name.")
+    message: Optional[str] = Field(  # noqa: UP045 - pydantic evaluates it on 3.10 too
+        default=None, description="str(exception), only with expose_error_messages."
+    )
+
+
+class TaskInfoModel(BaseModel):
+    """A task's status snapshot, as ``TaskInfo.to_dict()`` gives it."""
+
+    id: str
+    name: str = Field(description="The task function's qualified name.")
+    state: TaskState
+    created_at: datetime
+    started_at: Optional[datetime]  # noqa: UP045 - see TaskErrorModel
+    finished_at: Optional[datetime]  # noqa: UP045 - see TaskErrorModel
+    result: Any = Field(
+        default=None,
+        description="The return value on success; absent if not JSON-serializable.",
+    )
+    error: Optional[TaskErrorModel]  # noqa: UP045 - see TaskErrorModel
+    progress: Optional[float] = Field(ge=0.0, le=1.0)  # noqa: UP045 - see TaskErrorModel
+    message: Optional[str] = Field(description="The latest progress message.")  # noqa: UP045 - see TaskErrorModel
+    attempt: int = Field(ge=1, description="The attempt number under bgtasks.retry.")
+    cancel_requested: bool
+
+
+class TaskListModel(BaseModel):
+    """One page of tasks, newest first."""
+
+    tasks: list[TaskInfoModel]
+    has_more: bool = Field(description="More tasks match than this page holds.")
+
+
+class ErrorDetailModel(BaseModel):
+    """An error answer: what went wrong, never a traceback."""
+
+    detail: str
+
+
+class CancelConflictModel(ErrorDetailModel):
+    """409: the task had already finished, in this state."""
+
+    state: TaskState
+
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorDetailModel, "description": "Unknown or malformed task id."}
+}
+
+
+def task_router(
+    manager: TaskManager,
+    *,
+    prefix: str = "/tasks",
+    dependencies: Sequence[params.Depends] | None = None,
+    tags: Sequence[str] = ("tasks",),
+    max_page_size: int = 100,
+    expose_error_messages: bool = False,
+    include_in_schema: bool = True,
+) -> APIRouter:
+    """Build the task status and cancel API as a FastAPI ``APIRouter``.
+
+    ``app.include_router(task_router(manager))`` serves ``GET /tasks``,
+    ``GET /tasks/{task_id}`` and ``DELETE /tasks/{task_id}`` with the same
+    status codes and bodies as :func:`bgtasks.starlette.task_router`, and
+    with response models, so they appear in the app's OpenAPI docs.
+
+    Args:
+        manager: the application's task manager.
+        prefix: where the routes live; ``include_router(prefix=...)`` can
+            nest them further.
+        dependencies: run before every route, e.g. ``[Depends(require_admin)]``:
+            task ids are unguessable, but who may list and cancel tasks is the
+            application's decision.
+        tags: OpenAPI tags of the routes.
+        max_page_size: the most tasks one ``GET`` of the list returns.
+        expose_error_messages: put failed tasks' exception messages in the
+            bodies (default: the exception type only). Tracebacks never are.
+        include_in_schema: show the routes in the OpenAPI schema.
+
+    Raises:
+        TypeError: ``manager`` is not a TaskManager, or ``max_page_size`` not an int.
+        ValueError: ``max_page_size`` is below 1.
+    """
+    endpoints = TaskEndpoints(
+        check_manager(manager, "task_router"),
+        max_page_size=max_page_size,
+        expose_error_messages=expose_error_messages,
+    )
+    router = APIRouter(
+        prefix=prefix,
+        tags=list(tags),
+        dependencies=list(dependencies or ()),
+        include_in_schema=include_in_schema,
+    )
+    page_size = endpoints.max_page_size
+
+    async def list_tasks(
+        state: Annotated[
+            Optional[TaskState],  # noqa: UP045 - see TaskErrorModel
+            Query(description="Only tasks in this state."),
+        ] = None,
+        limit: Annotated[
+            int, Query(ge=1, le=page_size, description="Page size.")
+        ] = page_size,
+    ) -> Response:
+        return endpoints.list_tasks(state, limit)
+
+    async def get_task(task_id: str) -> Response:
+        return endpoints.get_task(task_id)
+
+    async def cancel_task(task_id: str) -> Response:
+        return await endpoints.cancel_task(task_id)
+
+    router.add_api_route(
+        "" if prefix else "/",
+        list_tasks,
+        methods=["GET"],
+        response_model=TaskListModel,
+        summary="List background tasks",
+        description="Newest first, at most `limit` of them.",
+        name="bgtasks_list_tasks",
+    )
+    router.add_api_route(
+        "/{task_id}",
+        get_task,
+        methods=["GET"],
+        response_model=TaskInfoModel,
+        responses=_NOT_FOUND,
+        summary="Get a background task's status",
+        name="bgtasks_get_task",
+    )
+    router.add_api_route(
+        "/{task_id}",
+        cancel_task,
+        methods=["DELETE"],
+        status_code=202,
+        response_model=TaskInfoModel,
+        responses={
+            **_NOT_FOUND,
+            409: {"model": CancelConflictModel, "description": "Already finished."},
+        },
+        summary="Request a background task's cancellation",
+        description=(
+            "Async tasks are cancelled at once; sync tasks stop at their next "
+            "`bgtasks.checkpoint()`. Poll the task until its state is final."
+        ),
+        name="bgtasks_cancel_task",
+    )
+    return router
+
+
+def tracked_tasks(
+    manager: TaskManager | None = None,
+) -> Callable[[Request, BackgroundTasks], Awaitable[TrackedBackgroundTasks]]:
+    """Build a dependency that gives the request's tracked ``BackgroundTasks``.
+
+    Tasks added through it, through other dependencies and through a plain
+    ``BackgroundTasks`` parameter all go to the request's one
+    ``BackgroundTasks`` and run after the response, in the order added.
+
+    Args:
+        manager: the task manager; by default the one that
+            :func:`bgtasks.starlette.lifespan` published on ``app.state``.
+
+    Raises:
+        TypeError: ``manager`` is given and is not a TaskManager.
+
+    Example:
+        ```python
+        from typing import Annotated
+        from fastapi import Depends
+        from bgtasks import TaskManager
+        from bgtasks.fastapi import TrackedBackgroundTasks, tracked_tasks
+
+        manager = TaskManager()
+        Tasks = Annotated[TrackedBackgroundTasks, Depends(tracked_tasks(manager))]
+        ```
+    """
+    if manager is not None:
+        check_manager(manager, "tracked_tasks")
+
+    # async, so FastAPI calls it on the loop instead of a worker thread.
+    async def get_tracked_tasks(
+        request: Request, background_tasks: BackgroundTasks
+    ) -> TrackedBackgroundTasks:
+        found = manager_from_app(request.app) if manager is None else manager
+        return TrackedBackgroundTasks(found, background_tasks)
+
+    return get_tracked_tasks
+
+
+TrackedTasks = Annotated[TrackedBackgroundTasks, Depends(tracked_tasks())]
+"""Endpoint parameter type: the request's tracked tasks, manager from the lifespan."""

@@ -1,0 +1,98 @@
+"""The status/cancel API as a Starlette router, mountable at any prefix."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
+
+from ._http import TaskEndpoints, parse_limit, parse_state
+from ._manager import TaskManager
+
+__all__ = ["check_manager", "task_router"]
+
+
+def check_manager(manager: object, factory: str) -> TaskManager:
+    """Refuse anything but a TaskManager when a route or dependency is built.
+
+    Raises:
+        TypeError: ``manager`` is not a :class:`~bgtasks.TaskManager`.
+    """
+    if not isinstance(manager, TaskManager):
+        raise TypeError(
+            f"{factory}() needs the app's bgtasks.TaskManager as manager, got "
+            f"{type(manager).__name__}: create one with manager = TaskManager() "
+            "and pass the same object to the lifespan and the routes."
+        )
+    return manager
+
+
+def task_router(
+    manager: TaskManager,
+    *,
+    max_page_size: int = 100,
+    expose_error_messages: bool = False,
+) -> Router:
+    """Build the task status and cancel API as a Starlette ``Router``.
+
+    Mount it at any prefix: ``Mount("/tasks", app=task_router(manager))``.
+
+    - ``GET /``: 200 ``{"tasks": [...], "has_more": bool}``, newest first;
+      ``?state=`` filters, ``?limit=`` from 1 to ``max_page_size`` (the
+      default); 422 for a bad value.
+    - ``GET /{task_id}``: 200 with the task's JSON; 404 for an unknown or
+      malformed id.
+    - ``DELETE /{task_id}``: 202 cancel requested (body: the task); 404
+      unknown; 409 already finished.
+
+    Args:
+        manager: the application's task manager.
+        max_page_size: the most tasks one ``GET /`` returns.
+        expose_error_messages: put failed tasks' exception messages in the
+            bodies. Off by default: messages can carry personal data or
+            secrets, so only the exception type is sent. Tracebacks never are.
+
+    Raises:
+        TypeError: ``manager`` is not a TaskManager, or ``max_page_size`` not an int.
+        ValueError: ``max_page_size`` is below 1.
+    """
+    endpoints = TaskEndpoints(
+        check_manager(manager, "task_router"),
+        max_page_size=max_page_size,
+        expose_error_messages=expose_error_messages,
+    )
+
+    async def list_tasks(request: Request) -> Response:
+        try:
+            state = parse_state(request.query_params.get("state"))
+            limit = parse_limit(
+                request.query_params.get("limit"), endpoints.max_page_size
+            )
+        except ValueError as exc:
+            return endpoints.bad_request(str(exc))
+        return endpoints.list_tasks(state, limit)
+
+    async def get_task(request: Request) -> Response:
+        return endpoints.get_task(request.path_params["task_id"])
+
+    async def cancel_task(request: Request) -> Response:
+        return await endpoints.cancel_task(request.path_params["task_id"])
+
+    async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        # Deeper paths (an id with a slash) get the same JSON 404 as unknown ids.
+        await endpoints.not_found()(scope, receive, send)
+
+    return Router(
+        routes=[
+            Route("/", list_tasks, methods=["GET"], name="bgtasks_list_tasks"),
+            Route("/{task_id}", get_task, methods=["GET"], name="bgtasks_get_task"),
+            Route(
+                "/{task_id}",
+                cancel_task,
+                methods=["DELETE"],
+                name="bgtasks_cancel_task",
+            ),
+        ],
+        default=not_found,
+    )

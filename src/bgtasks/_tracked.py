@@ -1,0 +1,72 @@
+"""A request's BackgroundTasks whose ``add_task`` tracks the task, returns a handle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.background import BackgroundTasks
+
+from ._manager import TaskManager
+from ._records import TaskHandle
+from ._routes import check_manager
+
+__all__ = ["TrackedBackgroundTasks"]
+
+
+class TrackedBackgroundTasks:
+    """The tracked view of one request's ``BackgroundTasks``.
+
+    ``add_task`` has the signature of ``BackgroundTasks.add_task`` but records
+    the task in the manager (PENDING at once) and returns its
+    :class:`~bgtasks.TaskHandle`. The task still runs when Starlette runs the
+    request's background tasks, after the response, in the order added,
+    together with the untracked tasks of the same ``BackgroundTasks``.
+
+    Args:
+        manager: the application's task manager.
+        background_tasks: the request's ``BackgroundTasks``; a new one if
+            omitted (Starlette: pass ``tasks.background_tasks`` as the
+            response's ``background=``).
+
+    Example:
+        ```python
+        from bgtasks import TaskManager
+        from bgtasks.starlette import TrackedBackgroundTasks
+
+        tasks = TrackedBackgroundTasks(TaskManager())
+        assert tasks.background_tasks.tasks == []
+        ```
+    """
+
+    __slots__ = ("background_tasks", "manager")
+
+    def __init__(
+        self, manager: TaskManager, background_tasks: BackgroundTasks | None = None
+    ) -> None:
+        self.manager = check_manager(manager, "TrackedBackgroundTasks")
+        self.background_tasks = (
+            BackgroundTasks() if background_tasks is None else background_tasks
+        )
+
+    def add_task(
+        self,
+        func: Callable[..., Any],
+        /,
+        *args: Any,
+        _task_id: str | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle:
+        """Add ``func(*args, **kwargs)`` as a tracked task (``_task_id=`` as in spawn).
+
+        Raises:
+            ManagerNotRunningError: the manager is not running.
+            TaskAlreadyExistsError: ``_task_id`` belongs to an active task.
+            ValueError: ``_task_id`` is malformed.
+        """
+        return self.manager.add_task(
+            self.background_tasks, func, *args, _task_id=_task_id, **kwargs
+        )
+
+    def __repr__(self) -> str:
+        return f"<TrackedBackgroundTasks of {len(self.background_tasks.tasks)} tasks>"

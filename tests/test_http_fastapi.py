@@ -1,0 +1,272 @@
+"""The FastAPI router (OpenAPI, auth dependencies) and the tracked-tasks dependency."""
+
+# No `from __future__ import annotations`: FastAPI must resolve closures' annotations.
+
+import importlib
+import sys
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import pytest
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, HTTPException
+
+from bgtasks import TaskManager, TaskState
+from bgtasks.exceptions import ManagerNotRunningError
+from bgtasks.fastapi import (
+    TrackedBackgroundTasks,
+    TrackedTasks,
+    lifespan,
+    task_router,
+    tracked_tasks,
+)
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers httpx2 for its TestClient; httpx still works.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+
+Backend = Literal["asyncio", "trio"]
+
+
+@pytest.fixture
+def backend(anyio_backend: str) -> Backend:
+    """The anyio backend of this run, typed for ``TestClient(backend=...)``."""
+    return "trio" if anyio_backend == "trio" else "asyncio"
+
+
+def double(x: int) -> int:
+    """A sync task: runs in the thread pool."""
+    return 2 * x
+
+
+async def explode() -> None:
+    """An async task that fails with a message that must stay private."""
+    raise KeyError("customer 42")
+
+
+def require_token(x_token: Annotated[str, Header()] = "") -> None:
+    """A user's auth dependency: the routes are only for token holders."""
+    if x_token != "secret":
+        raise HTTPException(status_code=401, detail="bad token")
+
+
+def make_app(manager: TaskManager, ran: list[str], **router_options: Any) -> FastAPI:
+    """A FastAPI app whose endpoints add tracked tasks in dependencies and bodies."""
+    app = FastAPI(lifespan=lifespan(manager))
+    app.include_router(task_router(manager, **router_options))
+
+    def audit(background_tasks: BackgroundTasks, who: str = "anonymous") -> str:
+        background_tasks.add_task(ran.append, f"audit {who}")
+        return who
+
+    def tracked_audit(tasks: TrackedTasks, who: str = "anonymous") -> str:
+        tasks.add_task(ran.append, f"tracked audit {who}")
+        return who
+
+    @app.post("/double/{x}", status_code=202)
+    async def create(
+        x: int,
+        tasks: TrackedTasks,
+        who: Annotated[str, Depends(audit)],
+        again: Annotated[str, Depends(tracked_audit)],
+    ) -> dict[str, str]:
+        handle = tasks.add_task(double, x)
+        tasks.add_task(ran.append, "after")
+        return {"task_id": handle.id}
+
+    @app.post("/explode", status_code=202)
+    def create_failing(tasks: TrackedTasks) -> dict[str, str]:
+        # A sync endpoint: FastAPI calls it in a worker thread.
+        handle = tasks.add_task(explode)
+        tasks.background_tasks.add_task(ran.append, "next")
+        return {"task_id": handle.id}
+
+    return app
+
+
+@pytest.fixture
+def ran() -> list[str]:
+    """What the untracked tasks recorded, in order."""
+    return []
+
+
+@pytest.fixture
+def client(backend: Backend, ran: list[str]) -> Iterator[TestClient]:
+    """A TestClient of the app above, lifespan running, on each backend."""
+    app = make_app(TaskManager(), ran)
+    with TestClient(app, backend=backend) as client:
+        yield client
+
+
+def test_dependency_tasks_merge_in_order(client: TestClient, ran: list[str]) -> None:
+    """Tasks from dependencies and the endpoint share one BackgroundTasks, in order."""
+    response = client.post("/double/21?who=ann")
+    assert response.status_code == 202
+    assert ran == ["audit ann", "tracked audit ann", "after"]
+    body = client.get(f"/tasks/{response.json()['task_id']}").json()
+    assert body["state"] == "succeeded"
+    assert body["result"] == 42
+    assert body["name"] == "double"
+
+
+def test_failure_isolated_and_hidden(client: TestClient, ran: list[str]) -> None:
+    """A failing tracked task is FAILED, type only, and the next task still runs."""
+    task_id = client.post("/explode").json()["task_id"]
+    assert ran == ["next"]
+    response = client.get(f"/tasks/{task_id}")
+    assert response.json()["error"] == {"type": "KeyError", "message": None}
+    assert "customer" not in response.text
+
+
+def test_error_message_when_exposed(backend: Backend) -> None:
+    """expose_error_messages=True puts str(exc) in the body, never a traceback."""
+    app = make_app(TaskManager(), [], expose_error_messages=True)
+    with TestClient(app, backend=backend) as client:
+        task_id = client.post("/explode").json()["task_id"]
+        response = client.get(f"/tasks/{task_id}")
+    assert response.json()["error"] == {"type": "KeyError", "message": "'customer 42'"}
+    assert "Traceback" not in response.text
+
+
+def test_status_codes(client: TestClient) -> None:
+    """List, 404 for unknown and malformed ids, 409 for finished, 422 for bad query."""
+    task_id = client.post("/double/1").json()["task_id"]
+    listing = client.get("/tasks")
+    assert listing.status_code == 200
+    # Newest first: "after", then double, then the dependency's tracked audit.
+    names = [t["name"] for t in listing.json()["tasks"]]
+    assert names == ["list.append", "double", "list.append"]
+    assert task_id == listing.json()["tasks"][1]["id"]
+    assert listing.json()["has_more"] is False
+    assert listing.headers["cache-control"] == "no-store"
+    only = client.get("/tasks", params={"state": "failed", "limit": 1}).json()
+    assert only["tasks"] == []
+    for bad in ("nope", "x" * 129, "bad.id"):
+        assert client.get(f"/tasks/{bad}").json() == {"detail": "task not found"}
+        assert client.delete(f"/tasks/{bad}").status_code == 404
+    conflict = client.delete(f"/tasks/{task_id}")
+    assert conflict.status_code == 409
+    assert conflict.json() == {"detail": "task already finished", "state": "succeeded"}
+    for query in ("state=done", "limit=0", "limit=101", "limit=x"):
+        assert client.get(f"/tasks?{query}").status_code == 422
+
+
+def test_openapi_lists_the_task_routes(client: TestClient) -> None:
+    """The routes appear in OpenAPI with their models and error responses."""
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    assert {"get"} == set(paths["/tasks"])
+    assert {"get", "delete"} == set(paths["/tasks/{task_id}"])
+    delete = paths["/tasks/{task_id}"]["delete"]
+    assert {"202", "404", "409", "422"} <= set(delete["responses"])
+    assert delete["tags"] == ["tasks"]
+    ok = delete["responses"]["202"]["content"]["application/json"]["schema"]
+    assert ok["$ref"] == "#/components/schemas/TaskInfoModel"
+    listing = paths["/tasks"]["get"]
+    limit = next(p for p in listing["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 100
+    states = schema["components"]["schemas"]["TaskState"]["enum"]
+    assert [s.value for s in TaskState] == states
+
+
+def test_dependencies_protect_the_routes(backend: Backend) -> None:
+    """dependencies=[...] run before every route: the user's auth applies."""
+    manager = TaskManager()
+    app = FastAPI(lifespan=lifespan(manager))
+    app.include_router(
+        task_router(
+            manager, prefix="/admin/tasks", dependencies=[Depends(require_token)]
+        )
+    )
+    with TestClient(app, backend=backend) as client:
+        assert client.get("/admin/tasks").status_code == 401
+        assert client.delete("/admin/tasks/abc").status_code == 401
+        assert (
+            client.get("/admin/tasks", headers={"x-token": "secret"}).status_code == 200
+        )
+        schema = client.get("/openapi.json").json()
+    assert "/admin/tasks/{task_id}" in schema["paths"]
+
+
+def test_router_without_prefix(backend: Backend) -> None:
+    """prefix="" puts the list at "/" and include_router(prefix=) nests it."""
+    manager = TaskManager()
+    app = FastAPI(lifespan=lifespan(manager))
+    app.include_router(task_router(manager, prefix=""), prefix="/jobs")
+    with TestClient(app, backend=backend) as client:
+        assert client.get("/jobs/").json() == {"tasks": [], "has_more": False}
+
+
+def test_explicit_manager_in_the_apps_own_lifespan(backend: Backend) -> None:
+    """tracked_tasks(manager) works with the manager entered in the user's lifespan."""
+    manager = TaskManager()
+    Tasks = Annotated[TrackedBackgroundTasks, Depends(tracked_tasks(manager))]
+
+    @asynccontextmanager
+    async def own_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with manager:
+            yield
+
+    app = FastAPI(lifespan=own_lifespan)
+
+    @app.post("/")
+    async def create(tasks: Tasks) -> dict[str, str]:
+        return {"task_id": tasks.add_task(double, 4).id}
+
+    with TestClient(app, backend=backend) as client:
+        task_id = client.post("/").json()["task_id"]
+    info = manager.get(task_id)
+    assert info is not None
+    assert info.result == 8
+    with TestClient(app, backend=backend) as client:
+        pass
+    # Without the lifespan running, add_task refuses: the request fails loudly.
+    with pytest.raises(ManagerNotRunningError):
+        TestClient(app, backend=backend).post("/")
+    with pytest.raises(TypeError, match="tracked_tasks"):
+        tracked_tasks(object())  # type: ignore[arg-type]
+
+
+def test_tracked_tasks_without_lifespan_says_how_to_fix(
+    backend: Backend,
+) -> None:
+    """TrackedTasks in an app without bgtasks' lifespan raises a clear error."""
+    app = FastAPI()
+
+    @app.post("/")
+    async def create(tasks: TrackedTasks) -> None:
+        raise AssertionError("not reached")
+
+    with (
+        TestClient(app, backend=backend) as client,
+        pytest.raises(ManagerNotRunningError, match="lifespan=bgtasks"),
+    ):
+        client.post("/")
+
+
+def test_import_without_fastapi_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Importing bgtasks.fastapi without FastAPI tells how to install it."""
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    monkeypatch.delitem(sys.modules, "bgtasks.fastapi")
+    monkeypatch.delitem(sys.modules, "bgtasks._fastapi")
+    with pytest.raises(ImportError, match=r"pip install \"bgtasks\[fastapi\]\""):
+        importlib.import_module("bgtasks.fastapi")
+    monkeypatch.undo()
+    assert "TrackedTasks" in importlib.import_module("bgtasks.fastapi").__all__
+
+
+def test_other_missing_modules_are_not_blamed_on_fastapi(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A missing dependency other than FastAPI keeps its own error."""
+    monkeypatch.setitem(sys.modules, "pydantic", None)
+    monkeypatch.delitem(sys.modules, "bgtasks.fastapi")
+    monkeypatch.delitem(sys.modules, "bgtasks._fastapi")
+    with pytest.raises(ModuleNotFoundError) as caught:
+        importlib.import_module("bgtasks.fastapi")
+    assert caught.value.name == "pydantic"

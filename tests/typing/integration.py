@@ -1,0 +1,59 @@
+"""Checked by mypy and pyright, never run: the Starlette/FastAPI glue's types."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Request
+from starlette.applications import Starlette
+from starlette.background import BackgroundTasks as StarletteBackgroundTasks
+from starlette.routing import Mount, Router
+from typing_extensions import assert_type
+
+from bgtasks import TaskHandle, TaskManager
+from bgtasks.fastapi import TrackedTasks, task_router, tracked_tasks
+from bgtasks.starlette import TrackedBackgroundTasks, lifespan
+from bgtasks.starlette import task_router as starlette_task_router
+
+manager = TaskManager()
+
+assert_type(starlette_task_router(manager), Router)
+assert_type(task_router(manager, dependencies=[Depends(print)]), APIRouter)
+assert_type(lifespan(manager), Callable[[object], AbstractAsyncContextManager[None]])
+
+starlette_app = Starlette(
+    lifespan=lifespan(manager),
+    routes=[Mount("/tasks", app=starlette_task_router(manager))],
+)
+fastapi_app = FastAPI(lifespan=lifespan(manager))
+
+
+@asynccontextmanager
+async def own_lifespan(app: FastAPI) -> AsyncGenerator[dict[str, int], None]:
+    yield {"answer": 42}
+
+
+assert_type(
+    lifespan(manager, own_lifespan),
+    Callable[[FastAPI], AbstractAsyncContextManager[dict[str, int]]],
+)
+FastAPI(lifespan=lifespan(manager, own_lifespan))
+
+dependency = tracked_tasks(manager)
+assert_type(
+    dependency, Callable[[Request, BackgroundTasks], Awaitable[TrackedBackgroundTasks]]
+)
+Tasks = Annotated[TrackedBackgroundTasks, Depends(dependency)]
+
+
+def send(email: str, *, subject: str = "") -> None: ...
+
+
+def endpoint(tasks: TrackedTasks, other: Tasks) -> str:
+    handle = tasks.add_task(send, "ada@example.com", subject="hi")
+    assert_type(handle, TaskHandle)
+    assert_type(other.add_task(send, "x", _task_id="report-1"), TaskHandle)
+    assert_type(tasks.background_tasks, StarletteBackgroundTasks)
+    return handle.id
