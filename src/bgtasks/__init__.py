@@ -12,13 +12,16 @@ from importlib.metadata import version as _version
 from . import backoff as backoff
 from . import exceptions as exceptions
 from ._idempotent import idempotent as idempotent
+from ._events import TaskEvent as TaskEvent
 from ._logged import logged as logged
 from ._manager import TaskManager as TaskManager
 from ._manager import current_task as current_task
+from ._records import TaskError as TaskError
 from ._records import TaskHandle as TaskHandle
 from ._records import TaskInfo as TaskInfo
 from ._records import TaskState as TaskState
 from ._retry import RetryEvent as RetryEvent
+from ._running import TaskContext as TaskContext
 from ._retry import retry as retry
 from ._stores import ClaimResult as ClaimResult
 from ._stores import IdempotencyRecord as IdempotencyRecord
@@ -36,6 +39,9 @@ __all__ = [
     "IdempotencyStore",
     "MemoryStore",
     "RetryEvent",
+    "TaskContext",
+    "TaskError",
+    "TaskEvent",
     "TaskHandle",
     "TaskInfo",
     "TaskManager",
