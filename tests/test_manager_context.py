@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import sys
 
 import anyio
 import anyio.to_thread
@@ -71,3 +72,42 @@ async def test_nested_spawn_has_its_own_current_task() -> None:
     parent_id, child_id = info.result
     assert handle.id == parent_id
     assert child_id != parent_id
+
+
+async def test_context_is_captured_for_a_queued_task() -> None:
+    """A task that waits for a concurrency slot sees the values of its submission."""
+    gate = anyio.Event()
+
+    async def hold() -> None:
+        await gate.wait()
+
+    async with TaskManager(max_concurrency=1) as manager:
+        manager.spawn(hold)
+        token = request_id.set("queued")
+        handle = manager.spawn(read_async)
+        request_id.reset(token)  # before the task gets its slot
+        gate.set()
+        info = await handle.wait(timeout=5)
+    assert ("queued", handle.id) == info.result
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks: Python 3.12+")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_spawn_under_an_eager_task_factory() -> None:
+    """An eager task factory changes nothing: same context, nothing kept at the end."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+    try:
+        async with TaskManager() as manager:
+            token = request_id.set("eager")
+            handle = manager.spawn(read_async)
+            request_id.reset(token)
+            info = await handle.wait(timeout=5)
+            record = manager._registry.get(handle.id)
+            assert record is not None
+            assert record.run is None
+    finally:
+        loop.set_task_factory(None)
+    assert ("eager", handle.id) == info.result

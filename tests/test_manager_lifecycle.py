@@ -433,15 +433,16 @@ async def test_function_checks_are_cached_and_bounded(
 
 async def test_launch_of_a_cancelled_record_frees_its_slot() -> None:
     """A record cancelled between registration and launch gives its slot back."""
-    from bgtasks._submit import prepare
+    from bgtasks._submit import capture
 
     async with TaskManager(max_concurrency=1) as manager:
-        call, name = prepare(double, (1,), {}, None, method="spawn", library=None)
-        record, launch = manager._register(call, name, None, spawned=True)
+        call = capture(double, (1,), {}, True, None)
+        record, launch = manager._register("double", None, call, spawned=True)
         assert launch
         assert await manager._cancel_record(record)
         manager._launch(record)
-        assert manager._slots == 0
+        assert manager._slots is not None
+        assert manager._slots.held == 0
 
 
 def test_current_task_outside_a_task_raises() -> None:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from bgtasks import TaskManager, TaskState
-from bgtasks._submit import prepare
+from bgtasks._submit import capture
 
 pytestmark = pytest.mark.anyio
 
@@ -136,11 +136,11 @@ async def test_memory_per_finished_record_is_bounded() -> None:
     """
     count = 100_000
     async with TaskManager(max_finished=count) as manager:
-        call, name = prepare(noop, (), {}, None, method="spawn", library=None)
+        call = capture(noop, (), {}, True, None)
 
         def fill(n: int) -> None:
             for _ in range(n):
-                record, _ = manager._register(call, name, None, spawned=False)
+                record, _ = manager._register("noop", None, call, spawned=False)
                 manager._finish(record, TaskState.SUCCEEDED, None)
 
         per_record = _bytes_per_record(count, fill)

@@ -176,12 +176,14 @@ def test_wrapper_carries_the_function_name() -> None:
 
 
 def test_add_task_checks_its_arguments() -> None:
-    """The BackgroundTasks comes first; a stopped manager refuses work."""
+    """The BackgroundTasks comes first; bad ids and a stopped manager are refused."""
     manager = TaskManager()
     with pytest.raises(TypeError, match="BackgroundTasks first"):
         manager.add_task(send_welcome, BackgroundTasks())  # type: ignore[arg-type]
     with pytest.raises(ManagerNotRunningError):
         manager.add_task(BackgroundTasks(), send_welcome, "x")
+    with pytest.raises(ValueError, match="_task_id must be"):
+        manager.add_task(BackgroundTasks(), send_welcome, "x", _task_id="a b")
 
 
 @pytest.fixture(params=[True, False], ids=["task-handles", "own-scopes"])
@@ -280,7 +282,8 @@ async def test_tracked_task_with_a_free_slot_runs_at_once() -> None:
         handle = manager.add_task(tasks, send_welcome, "x")
         await tasks()
         info = await handle.wait(timeout=5)
-        assert manager._slots == 0
+        assert manager._slots is not None
+        assert manager._slots.held == 0
     assert info.state == TaskState.SUCCEEDED
 
 

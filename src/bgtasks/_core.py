@@ -1,4 +1,4 @@
-"""The TaskManager's engine: state transitions, concurrency slots, execution.
+"""The TaskManager's engine: registration, launch, execution, state transitions.
 
 Invariants, all guarded by one ``threading.Lock`` held only for short,
 non-awaiting sections:
@@ -9,10 +9,8 @@ non-awaiting sections:
   creation of a record submitted from a worker thread;
 - ``_active`` counts PENDING and RUNNING records, so shutdown knows when the
   manager is idle;
-- with ``max_concurrency``, ``_slots`` counts tasks that hold a slot and
-  ``_queue`` keeps the others in submission order; a freed slot goes to the
-  oldest still-PENDING record at once, so ``_slots < max`` implies no live
-  record is queued.
+- with ``max_concurrency``, ``_slots`` hands out run slots in submission
+  order (see ``_slots``).
 """
 
 from __future__ import annotations
@@ -20,45 +18,36 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._context import running_task_var
 from ._events import Subscribers, TaskEvent
-from ._records import Call, Cancellable, TaskError, TaskInfo, TaskRecord, TaskState
+from ._records import Call, Cancellable, TaskInfo, TaskRecord, TaskState, error_of
 from ._registry import Registry
+from ._slots import Slots
 from .exceptions import ManagerNotRunningError
+
+if TYPE_CHECKING:
+    from contextvars import Context
 
 __all__ = ["ManagerCore"]
 
 logger = logging.getLogger("bgtasks")
 
-# Longer error messages are cut, so a finished record's size stays bounded.
-MAX_ERROR_MESSAGE = 2000
-
 _PENDING = TaskState.PENDING
 _RUNNING = TaskState.RUNNING
-
-
-class _SlotWaiter:
-    """An ``add_task`` wrapper waiting in the queue for a concurrency slot."""
-
-    __slots__ = ("event", "granted")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.granted = False
 
 
 class ManagerCore:
     """State and execution shared by the public ``TaskManager`` methods."""
 
-    # anyio >= 4.14 returns a cancellable handle from start_soon; tests turn
-    # this off to run the fallback (a cancel scope per task) older anyio needs.
+    # anyio >= 4.14 returns a cancellable handle from create_task/start_soon;
+    # tests turn this off to run the fallback (a cancel scope per task) that
+    # older anyio needs.
     _use_task_handles = hasattr(anyio, "TaskHandle")
 
     def __init__(
@@ -76,7 +65,7 @@ class ManagerCore:
         )
         self._lock = self._registry.lock
         self._subscribers = Subscribers()
-        self._max_concurrency = max_concurrency
+        self._slots = None if max_concurrency is None else Slots(max_concurrency)
         self._propagate_errors = propagate_errors
         self._log_failures = log_failures
         self._tg: TaskGroup | None = None
@@ -84,204 +73,170 @@ class ManagerCore:
         self._loop_thread: int | None = None
         self._active = 0
         self._idle: anyio.Event | None = None
-        self._slots = 0
-        self._queue: deque[TaskRecord] = deque()
-        self._slot_waiters: dict[TaskRecord, _SlotWaiter] = {}
         self._waiters: dict[TaskRecord, anyio.Event] = {}
 
     # -- submission ---------------------------------------------------------
 
     def _register(
-        self, call: Call, name: str, task_id: str | None, *, spawned: bool
+        self, name: str, task_id: str | None, call: Call | None, *, spawned: bool
     ) -> tuple[TaskRecord, bool]:
         """Create and store a PENDING record; tell sync subscribers.
 
-        Returns the record and, for ``spawned`` ones, whether it got a slot and
-        must be launched now (False: it waits in the queue).
+        ``call`` is None only for a task that is started at once, in the
+        caller's context. Returns the record and, for ``spawned`` ones, whether
+        it got a slot and must be launched now (False: it waits in the queue).
         """
         created = time.time()
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: on the per-task path it costs twice as much
+        try:
             if not self._accepting:
                 raise _not_running()
+            registry = self._registry
             record = TaskRecord(
-                self._registry.new_id() if task_id is None else task_id,
-                name,
-                created,
-                call,
+                registry.new_id() if task_id is None else task_id, name, created, call
             )
-            self._registry.add(record)
+            registry.add(record)
             self._active += 1
             launch = spawned
-            if spawned and self._max_concurrency is not None:
-                if self._slots < self._max_concurrency:
-                    self._slots += 1
-                else:
-                    self._queue.append(record)
-                    launch = False
+            slots = self._slots
+            if spawned and slots is not None and not slots.take():
+                slots.enqueue(record)
+                launch = False
             info = record.snapshot() if self._subscribers.sync else None
+        finally:
+            lock.release()
         if info is not None:
             self._subscribers.notify_sync([TaskEvent(record.id, None, _PENDING, info)])
         return record, launch
 
     def _launch(self, record: TaskRecord) -> None:
-        """Start a spawned record's runner in the task group (loop thread only)."""
-        tg = self._tg
+        """Start a spawned record that kept its call (loop thread only)."""
         call = record.run
-        if tg is None or not isinstance(call, tuple):
+        if self._tg is None or not isinstance(call, tuple):
             # Cancelled (or the manager closed) before it could start.
             self._release_slot()
             return
-        # start_soon copies the *current* context: run it inside the captured one.
-        if self._max_concurrency is None and self._use_task_handles:
-            handle = call[3].run(tg.start_soon, self._execute, record, call)
-        else:
-            handle = call[3].run(tg.start_soon, self._run_spawned, record, call)
-        self._adopt(record, handle)
+        func, args, kwargs, context, is_async = call
+        self._start(record, func, args, kwargs, is_async, context)
 
-    def _adopt(self, record: TaskRecord, handle: object) -> None:
-        """Cancel the task through anyio's own task handle.
+    def _start(  # noqa: PLR0917 - the call's parts: no tuple kept per task
+        self,
+        record: TaskRecord,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        is_async: bool,
+        context: Context | None,
+    ) -> None:
+        """Run a record in the task group (loop thread only).
 
-        anyio >= 4.14 returns from ``start_soon`` a handle whose cancel scope
-        wraps the task: reusing it saves a second scope per task (the costliest
-        part of running one). With older anyio the runner opens its own scope.
+        ``context``: the one captured at submission; None when submitted on the
+        loop just now, as the task group copies the current context itself.
         """
-        # Still the call tuple: an eager task factory may have started it already.
-        if self._use_task_handles and isinstance(record.run, tuple):
-            record.run = cast("Cancellable", handle)
+        tg = cast("TaskGroup", self._tg)
+        if self._use_task_handles:
+            # anyio's handle wraps the task in a cancel scope: reusing it saves
+            # a second scope per task (the costliest part of running one).
+            if self._slots is None:
+                coro = self._execute(record, func, args, kwargs, is_async)
+            else:
+                coro = self._run_spawned(record, func, args, kwargs, is_async)
+            handle = tg.create_task(coro, name=record.name, context=context)
+            if record.finished is None:  # pragma: no branch - ended by an eager start
+                record.run = handle
+        elif context is None:
+            tg.start_soon(self._run_spawned, record, func, args, kwargs, is_async)
+        else:
+            context.run(
+                tg.start_soon, self._run_spawned, record, func, args, kwargs, is_async
+            )
 
     def _release_slot(self) -> None:
-        if self._max_concurrency is None:
+        slots = self._slots
+        if slots is None:
             return
         with self._lock:
-            self._slots -= 1
-            launches, wakes = self._grant_slots()
+            launches, wakes = slots.release()
         for record in launches:
             self._launch(record)
-        for waiter in wakes:
-            waiter.event.set()
-
-    def _grant_slots(self) -> tuple[list[TaskRecord], list[_SlotWaiter]]:
-        """Hand free slots to the oldest PENDING queued records (lock held)."""
-        launches: list[TaskRecord] = []
-        wakes: list[_SlotWaiter] = []
-        limit = self._max_concurrency
-        queue = self._queue
-        while queue and limit is not None and self._slots < limit:
-            record = queue.popleft()
-            if record.state is not _PENDING:
-                continue  # cancelled while it waited
-            self._slots += 1
-            waiter = self._slot_waiters.pop(record, None)
-            if waiter is None:
-                launches.append(record)
-            else:
-                waiter.granted = True
-                wakes.append(waiter)
-        return launches, wakes
-
-    async def _acquire_external_slot(self, record: TaskRecord) -> bool:
-        """Wait, in FIFO order, for a slot for an ``add_task`` record.
-
-        Returns True if the slot is held and the task should run.
-        """
-        if self._max_concurrency is None:
-            return True
-        with self._lock:  # the caller saw it PENDING, with no await since
-            if self._slots < self._max_concurrency:
-                self._slots += 1
-                return True
-            waiter = _SlotWaiter()
-            self._slot_waiters[record] = waiter
-            self._queue.append(record)
-        try:
-            await waiter.event.wait()
-        except BaseException:
-            # The request's task was cancelled while it waited: never runs.
-            with self._lock:
-                self._slot_waiters.pop(record, None)
-            if waiter.granted:
-                self._release_slot()
-            await self._cancel_pending(record)
-            raise
-        if waiter.granted and record.state is not _PENDING:
-            self._release_slot()
-            return False
-        return waiter.granted
+        for event in wakes:
+            event.set()
 
     # -- execution ----------------------------------------------------------
 
-    async def _run_spawned(self, record: TaskRecord, call: Call) -> None:
+    async def _run_spawned(
+        self,
+        record: TaskRecord,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        is_async: bool,
+    ) -> None:
         try:
-            await self._execute_scoped(record, call)
+            await self._execute_scoped(record, func, args, kwargs, is_async)
         finally:
             self._release_slot()
 
-    async def _execute_scoped(self, record: TaskRecord, call: Call) -> Exception | None:
+    async def _execute_scoped(
+        self,
+        record: TaskRecord,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        is_async: bool,
+    ) -> Exception | None:
         if self._use_task_handles:
-            return await self._execute(record, call)
+            return await self._execute(record, func, args, kwargs, is_async)
         with anyio.CancelScope() as scope:  # swallows its own cancellation
             with self._lock:
-                if isinstance(record.run, tuple):  # not cancelled meanwhile
+                if record.state is _PENDING:  # not cancelled meanwhile
                     record.run = scope
-            return await self._execute(record, call)
+            return await self._execute(record, func, args, kwargs, is_async)
         return None
 
-    async def _run_external(self, record: TaskRecord) -> None:
-        """Run an ``add_task`` record in Starlette's request task."""
-        call = record.run
-        if not isinstance(call, tuple) or not await self._acquire_external_slot(record):
-            return  # cancelled, or the manager closed, before Starlette ran it
-        failure: list[Exception] = []
-        try:
-            # A child task, so the function runs in the context captured by
-            # add_task and its own context changes stay out of the request's.
-            async with anyio.create_task_group() as tg:
-                handle = call[3].run(
-                    tg.start_soon, self._execute_into, record, call, failure
-                )
-                self._adopt(record, handle)
-        finally:
-            self._release_slot()
-        if failure and self._propagate_errors:
-            raise failure[0]
-
-    async def _execute_into(
-        self, record: TaskRecord, call: Call, failure: list[Exception]
-    ) -> None:
-        error = await self._execute_scoped(record, call)
-        if error is not None:
-            failure.append(error)
-
     async def _execute(  # noqa: PLR0912 - the hot path, kept in one frame for speed
-        self, record: TaskRecord, call: Call
+        self,
+        record: TaskRecord,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        is_async: bool,
     ) -> Exception | None:
         """Run a PENDING record to a terminal state; return its exception.
 
         Cancellation (and other BaseExceptions) is recorded, then re-raised.
         """
         subscribers = self._subscribers
-        with self._lock:
+        started = time.time()
+        lock = self._lock
+        lock.acquire()  # not `with`: on the per-task path it costs twice as much
+        try:
             if record.state is not _PENDING:
                 return None  # cancelled before it started: never runs
             created = record.snapshot() if subscribers.async_ else None
             record.state = _RUNNING
-            record.started = time.time()
+            record.started = started
             info = record.snapshot() if subscribers.any else None
+        finally:
+            lock.release()
         running_task_var.set(record)
-        func, args, kwargs, _, is_async = call
         try:
             if info is not None:
-                await self._announce_start(record, created, info)
+                await subscribers.announce_start(created, info)
             if is_async:
-                result = await func(*args, **kwargs)
-            elif kwargs:
+                if kwargs is None:
+                    result = await func(*args)
+                else:
+                    result = await func(*args, **kwargs)
+            elif kwargs is None:
+                result = await anyio.to_thread.run_sync(func, *args)
+            else:
                 result = await anyio.to_thread.run_sync(
                     functools.partial(func, *args, **kwargs)
                 )
-            else:
-                result = await anyio.to_thread.run_sync(func, *args)
         except Exception as exc:
-            event = self._finish(record, TaskState.FAILED, _error_of(exc))
+            event = self._finish(record, TaskState.FAILED, error_of(exc))
             if self._log_failures:
                 logger.exception(
                     "Task %s (%s) failed with %s",
@@ -290,32 +245,21 @@ class ManagerCore:
                     type(exc).__qualname__,
                 )
             if event is not None:
-                await self._announce([event])
+                await self._subscribers.announce([event])
             return exc
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 event = self._finish(record, TaskState.CANCELLED, None)
             else:  # KeyboardInterrupt, SystemExit: record, then let it through
-                event = self._finish(record, TaskState.FAILED, _error_of(exc))
+                event = self._finish(record, TaskState.FAILED, error_of(exc))
             if event is not None:
-                await self._announce([event])
+                await self._subscribers.announce([event])
             raise
         # Also when a cancel was requested but the function returned anyway.
         event = self._finish(record, TaskState.SUCCEEDED, result)
         if event is not None:
-            await self._announce([event])
+            await self._subscribers.announce([event])
         return None
-
-    async def _announce_start(
-        self, record: TaskRecord, created: TaskInfo | None, info: TaskInfo
-    ) -> None:
-        """Tell subscribers a task started (async ones also of its creation)."""
-        running = TaskEvent(record.id, _PENDING, _RUNNING, info)
-        self._subscribers.notify_sync([running])
-        if created is not None:
-            await self._subscribers.notify_async(
-                [TaskEvent(record.id, None, _PENDING, created), running]
-            )
 
     # -- transitions --------------------------------------------------------
 
@@ -325,8 +269,12 @@ class ManagerCore:
         """Move a RUNNING record to ``state``; return the event to announce."""
         now = time.time()
         mono = self._registry.clock()
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: on the per-task path it costs twice as much
+        try:
             return self._end(record, state, outcome, now, mono)
+        finally:
+            lock.release()
 
     def _end(
         self,
@@ -362,9 +310,8 @@ class ManagerCore:
         record.cancel_requested = True
         created = record.snapshot() if self._subscribers.async_ else None
         event = self._end(record, TaskState.CANCELLED, None, now, mono)
-        waiter = self._slot_waiters.pop(record, None)
-        if waiter is not None:
-            waiter.event.set()  # wake its add_task wrapper, which then returns
+        if self._slots is not None:
+            self._slots.forget(record)
         if event is None:
             return []
         if created is None:
@@ -378,30 +325,69 @@ class ManagerCore:
             if record.state is not _PENDING:  # pragma: no cover - shutdown won a race
                 return
             events = self._end_pending(record, now, mono)
-        await self._announce(events)
+        await self._subscribers.announce(events)
 
-    async def _announce(self, events: list[TaskEvent]) -> None:
-        """Deliver the events of a task that ended (shielded for async ones).
+    # -- cancelling and waiting -------------------------------------------
 
-        A creation event (old state None) only goes to async subscribers: sync
-        ones got it at submission.
-        """
-        if events:
-            self._subscribers.notify_sync(
-                [e for e in events if e.old_state is not None]
-            )
-            if self._subscribers.async_:
-                await self._subscribers.notify_async(events, shielded=True)
+    async def _cancel_record(self, record: TaskRecord) -> bool:
+        """Cancel a PENDING record, or ask a RUNNING one to stop; False if ended."""
+        now = time.time()
+        mono = self._registry.clock()
+        with self._lock:
+            if record.state.is_finished:
+                return False
+            if record.state is TaskState.PENDING:
+                events = self._end_pending(record, now, mono)
+            else:
+                events = []
+                record.cancel_requested = True
+                switch = record.run
+                if switch is not None and not isinstance(
+                    switch, tuple
+                ):  # pragma: no branch
+                    switch.cancel()
+        await self._subscribers.announce(events)
+        return True
 
+    async def _cancel_all(self) -> None:
+        """Cancel every PENDING and RUNNING task (shutdown, after draining)."""
+        now = time.time()
+        mono = self._registry.clock()
+        events: list[TaskEvent] = []
+        scopes: list[Cancellable] = []
+        with self._lock:
+            for record in self._registry.active():
+                if record.state is TaskState.PENDING:
+                    events.extend(self._end_pending(record, now, mono))
+                else:
+                    record.cancel_requested = True
+                    if record.run is not None and not isinstance(
+                        record.run, tuple
+                    ):  # pragma: no branch
+                        scopes.append(record.run)
+            if self._slots is not None:
+                self._slots.clear()
+        for scope in scopes:
+            scope.cancel()
+        await self._subscribers.announce(events)
 
-def _error_of(exc: BaseException) -> TaskError:
-    try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not hide the failure itself
-        message = f"<unprintable {type(exc).__qualname__}>"
-    if len(message) > MAX_ERROR_MESSAGE:  # records stay small whatever the error
-        message = message[: MAX_ERROR_MESSAGE - 1] + "\u2026"
-    return TaskError(type(exc).__qualname__, message)
+    async def _wait_record(self, record: TaskRecord, limit: float | None) -> TaskInfo:
+        """Wait until ``record`` is finished; return its final snapshot."""
+        with self._lock:
+            if record.state.is_finished:
+                return record.snapshot()
+            event = self._waiters.get(record)
+            if event is None:
+                event = self._waiters[record] = anyio.Event()
+        with anyio.fail_after(limit):
+            await event.wait()
+        with self._lock:
+            return record.snapshot()
+
+    def _info_of(self, record: TaskRecord) -> TaskInfo | None:
+        """Snapshot ``record``, or None once retention dropped it."""
+        with self._lock:
+            return record.snapshot() if self._registry.is_stored(record) else None
 
 
 def _not_running() -> ManagerNotRunningError:

@@ -121,6 +121,31 @@ class Subscribers:
         else:
             await self._deliver(events)
 
+    async def announce_start(self, created: TaskInfo | None, info: TaskInfo) -> None:
+        """Tell of a task that started (async subscribers also of its creation).
+
+        Args:
+            created: its PENDING snapshot, for async subscribers (None if none).
+            info: its RUNNING snapshot.
+        """
+        running = TaskEvent(info.id, TaskState.PENDING, TaskState.RUNNING, info)
+        self.notify_sync([running])
+        if created is not None:
+            await self.notify_async(
+                [TaskEvent(info.id, None, TaskState.PENDING, created), running]
+            )
+
+    async def announce(self, events: list[TaskEvent]) -> None:
+        """Deliver the events of a task that ended (shielded for async ones).
+
+        A creation event (old state None) only goes to async subscribers: sync
+        ones got it at submission.
+        """
+        if events:
+            self.notify_sync([e for e in events if e.old_state is not None])
+            if self.async_:
+                await self.notify_async(events, shielded=True)
+
     async def _deliver(self, events: Sequence[TaskEvent]) -> None:
         for callback in self.async_:
             for event in events:

@@ -11,19 +11,21 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.lowlevel
 from starlette.background import BackgroundTasks
 from typing_extensions import Self
 
-from ._core import ManagerCore
-from ._events import Subscriber, TaskEvent
-from ._records import Cancellable, TaskHandle, TaskInfo, TaskRecord, TaskState
+from ._events import Subscriber
+from ._external import RequestTasks
+from ._records import TaskHandle, TaskInfo, TaskState
+from ._registry import check_task_id
 from ._running import TaskContext, current_task
 from ._submit import (
+    capture,
     check_int,
     check_seconds,
     current_library,
-    loop_token,
-    prepare,
+    describe,
     tracked_wrapper,
 )
 from .exceptions import TaskNotFoundError
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["TaskContext", "TaskManager", "current_task"]
 
 
-class TaskManager(ManagerCore):
+class TaskManager(RequestTasks):
     """Run background tasks you can look up, wait for and cancel by id.
 
     Tasks run in the manager's own anyio task group: ``async def`` functions on
@@ -134,7 +136,7 @@ class TaskManager(ManagerCore):
             raise
         self._owner = anyio.get_current_task().id
         self._loop_thread = threading.get_ident()
-        self._token = loop_token()
+        self._token = anyio.lowlevel.current_token()
         self._library = current_library()
         with self._lock:
             self._accepting = True
@@ -200,27 +202,6 @@ class TaskManager(ManagerCore):
         if interrupted is not None:  # pragma: no cover - the group re-raised it first
             raise interrupted
 
-    async def _cancel_all(self) -> None:
-        """Cancel every PENDING and RUNNING task (shutdown, after draining)."""
-        now = time.time()
-        mono = self._registry.clock()
-        events: builtins.list[TaskEvent] = []
-        scopes: builtins.list[Cancellable] = []
-        with self._lock:
-            for record in self._registry.active():
-                if record.state is TaskState.PENDING:
-                    events.extend(self._end_pending(record, now, mono))
-                else:
-                    record.cancel_requested = True
-                    if record.run is not None and not isinstance(
-                        record.run, tuple
-                    ):  # pragma: no branch
-                        scopes.append(record.run)
-            self._queue.clear()
-        for scope in scopes:
-            scope.cancel()
-        await self._announce(events)
-
     async def _wait_idle(self) -> None:
         """Wait for ``add_task`` tasks still running in request tasks."""
         with self._lock:
@@ -257,23 +238,24 @@ class TaskManager(ManagerCore):
             TypeError: ``func`` is not a function the manager can run.
             ValueError: ``_task_id`` is malformed.
         """
-        on_loop = threading.get_ident() == self._loop_thread
-        call, name = prepare(
-            func,
-            args,
-            kwargs,
-            _task_id,
-            method="spawn",
-            library=None if on_loop else self._library,
-        )
-        record, launch = self._register(call, name, _task_id, spawned=True)
-        if launch:
-            if on_loop:
-                self._launch(record)
-            elif self._token is None:  # pragma: no cover - anyio < 4.11
-                anyio.from_thread.run_sync(self._launch, record)
-            else:
+        name, is_async = describe(func, "spawn")
+        if _task_id is not None:
+            check_task_id(_task_id)
+        if threading.get_ident() != self._loop_thread:
+            call = capture(func, args, kwargs, is_async, self._library)
+            record, launch = self._register(name, _task_id, call, spawned=True)
+            if launch:
                 anyio.from_thread.run_sync(self._launch, record, token=self._token)
+        elif self._slots is None:
+            # On the loop the task group copies the current context, which is
+            # the submitter's: no copy of our own, and no call kept.
+            record, _ = self._register(name, _task_id, None, spawned=True)
+            self._start(record, func, args, kwargs or None, is_async, None)
+        else:
+            call = capture(func, args, kwargs, is_async, None)
+            record, launch = self._register(name, _task_id, call, spawned=True)
+            if launch:
+                self._launch(record)
         return TaskHandle(self, record)
 
     def add_task(
@@ -313,10 +295,11 @@ class TaskManager(ManagerCore):
                 "function: manager.add_task(background_tasks, func, *args), got "
                 f"{type(background_tasks).__name__}."
             )
-        call, name = prepare(
-            func, args, kwargs, _task_id, method="add_task", library=self._library
-        )
-        record, _ = self._register(call, name, _task_id, spawned=False)
+        name, is_async = describe(func, "add_task")
+        if _task_id is not None:
+            check_task_id(_task_id)
+        call = capture(func, args, kwargs, is_async, self._library)
+        record, _ = self._register(name, _task_id, call, spawned=False)
         background_tasks.add_task(tracked_wrapper(self._run_external, record, func))
         return TaskHandle(self, record)
 
@@ -370,25 +353,6 @@ class TaskManager(ManagerCore):
             return False
         return await self._cancel_record(record)
 
-    async def _cancel_record(self, record: TaskRecord) -> bool:
-        now = time.time()
-        mono = self._registry.clock()
-        with self._lock:
-            if record.state.is_finished:
-                return False
-            if record.state is TaskState.PENDING:
-                events = self._end_pending(record, now, mono)
-            else:
-                events = []
-                record.cancel_requested = True
-                switch = record.run
-                if switch is not None and not isinstance(
-                    switch, tuple
-                ):  # pragma: no branch
-                    switch.cancel()
-        await self._announce(events)
-        return True
-
     async def wait(
         self,
         task_id: str,
@@ -409,22 +373,6 @@ class TaskManager(ManagerCore):
                 "was dropped by retention (max_finished / finished_ttl)."
             )
         return await self._wait_record(record, timeout)
-
-    async def _wait_record(self, record: TaskRecord, limit: float | None) -> TaskInfo:
-        with self._lock:
-            if record.state.is_finished:
-                return record.snapshot()
-            event = self._waiters.get(record)
-            if event is None:
-                event = self._waiters[record] = anyio.Event()
-        with anyio.fail_after(limit):
-            await event.wait()
-        with self._lock:
-            return record.snapshot()
-
-    def _info_of(self, record: TaskRecord) -> TaskInfo | None:
-        with self._lock:
-            return record.snapshot() if self._registry.is_stored(record) else None
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` on every state change of every task.

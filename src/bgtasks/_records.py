@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._manager import TaskManager
 
 __all__ = [
+    "MAX_ERROR_MESSAGE",
     "Call",
     "Cancellable",
     "TaskError",
@@ -29,7 +30,11 @@ __all__ = [
     "TaskInfo",
     "TaskRecord",
     "TaskState",
+    "error_of",
 ]
+
+# Longer error messages are cut, so a finished record's size stays bounded.
+MAX_ERROR_MESSAGE = 2000
 
 
 class TaskState(str, enum.Enum):
@@ -64,6 +69,17 @@ class TaskError:
 
     type: str
     message: str
+
+
+def error_of(exc: BaseException) -> TaskError:
+    """Describe a failure by type name and (bounded) message, not the exception."""
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not hide the failure itself
+        message = f"<unprintable {type(exc).__qualname__}>"
+    if len(message) > MAX_ERROR_MESSAGE:  # records stay small whatever the error
+        message = message[: MAX_ERROR_MESSAGE - 1] + "\u2026"
+    return TaskError(type(exc).__qualname__, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +195,11 @@ class TaskHandle:
         return f"<TaskHandle id={self._record.id!r} name={self._record.name!r}>"
 
 
-# What a record needs to start the task: function, args, kwargs, the context
-# captured at submission, and whether to await it or run it in a thread.
-Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], "Context", bool]
+# What a record needs to start the task later: function, args, kwargs (None if
+# empty), the context captured at submission, and whether to await it.
+Call = tuple[
+    Callable[..., Any], tuple[Any, ...], "dict[str, Any] | None", "Context", bool
+]
 
 
 class Cancellable(Protocol):
@@ -195,9 +213,10 @@ class TaskRecord:
 
     It is also what ``running_task_var`` holds while the task runs (it has the
     ``id`` and ``record_attempt`` that decorators use); ``current_task()``
-    wraps it in a ``TaskContext``. ``run`` holds the call while PENDING, what
-    cancels the task (its anyio task handle or cancel scope) once launched, and
-    None once finished; ``outcome`` is the result (SUCCEEDED) or the
+    wraps it in a ``TaskContext``. ``run`` holds the call while a PENDING task
+    waits to be launched (None if it is launched at once, in the submitter's
+    context), what cancels the task (its anyio task handle or cancel scope)
+    once launched, and None once finished; ``outcome`` is the result (SUCCEEDED) or the
     TaskError (FAILED). Times are ``time.time()`` floats; ``finished_mono`` is
     the manager clock's reading at the end, for age-based retention.
     """
@@ -217,7 +236,9 @@ class TaskRecord:
         "state",
     )
 
-    def __init__(self, task_id: str, name: str, created: float, call: Call) -> None:
+    def __init__(
+        self, task_id: str, name: str, created: float, call: Call | None
+    ) -> None:
         self.id = task_id
         self.name = name
         self.state = TaskState.PENDING

@@ -7,23 +7,17 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
-
-import anyio.lowlevel
+from typing import Any
 
 from ._records import Call, TaskRecord
-from ._registry import check_task_id
 from ._wrap import is_async_callable
 
-if TYPE_CHECKING:
-    from anyio.lowlevel import EventLoopToken
-
 __all__ = [
+    "capture",
     "check_int",
     "check_seconds",
     "current_library",
-    "loop_token",
-    "prepare",
+    "describe",
     "tracked_wrapper",
     "unwrap",
 ]
@@ -51,47 +45,42 @@ def tracked_wrapper(
     return run_tracked
 
 
-def loop_token() -> EventLoopToken | None:
-    """Return the running loop's token, to reach it from any thread.
-
-    anyio < 4.11 has no tokens: then only its own worker threads can spawn.
-    """
-    get_token = getattr(anyio.lowlevel, "current_token", None)
-    return None if get_token is None else cast("EventLoopToken", get_token())
-
-
 def unwrap(func: object) -> object:
     while isinstance(func, functools.partial):
         func = func.func
     return func
 
 
-def prepare(
+def describe(func: Callable[..., Any], method: str) -> tuple[str, bool]:
+    """Return a task function's name and whether it is async (cached per function).
+
+    Raises:
+        TypeError: not callable, or a generator function.
+    """
+    try:
+        return _DESCRIPTIONS[func]
+    except (KeyError, TypeError):  # TypeError: an unhashable callable object
+        return _describe(func, method)
+
+
+def capture(
     func: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    task_id: str | None,
-    *,
-    method: str,
+    is_async: bool,
     library: str | None,
-) -> tuple[Call, str]:
-    """Check a submission; capture its context; return its call and name.
+) -> Call:
+    """Capture the caller's context with a submission that will start later.
 
     ``library`` is the manager's async library as sniffio names it, given
     for submissions from outside the loop's tasks: anyio blanks sniffio's
     variable in its worker threads (and other threads never had it), and the
     captured context must not carry that blank into the loop.
     """
-    try:
-        name, is_async = _DESCRIPTIONS[func]
-    except (KeyError, TypeError):  # TypeError: an unhashable callable object
-        name, is_async = _describe(func, method)
-    if task_id is not None:
-        check_task_id(task_id)
     context = contextvars.copy_context()
     if library is not None and context.get(_LIBRARY_VAR) != library:  # type: ignore[arg-type]
         context.run(_LIBRARY_VAR.set, library)  # type: ignore[union-attr]
-    return (func, args, kwargs, context, is_async), name
+    return (func, args, kwargs or None, context, is_async)
 
 
 def current_library() -> str | None:
