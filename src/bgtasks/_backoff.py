@@ -162,7 +162,7 @@ def fixed(seconds: float) -> Backoff:
         ValueError: ``seconds`` is negative, NaN or infinite.
         TypeError: ``seconds`` is not a number.
 
-    Example:
+    Examples:
         >>> fixed(0.5)(3)
         0.5
     """
@@ -183,7 +183,7 @@ def linear(initial: float, step: float, maximum: float = math.inf) -> Backoff:
         ValueError: a negative or NaN delay, or ``maximum < initial``.
         TypeError: an argument is not a number.
 
-    Example:
+    Examples:
         >>> [linear(1.0, 0.5, maximum=2.0)(n) for n in (1, 2, 3, 4)]
         [1.0, 1.5, 2.0, 2.0]
     """
@@ -227,7 +227,7 @@ def exponential(
         ValueError: a delay out of range, ``multiplier < 1``, an unknown jitter.
         TypeError: an argument of the wrong type.
 
-    Example:
+    Examples:
         >>> strategy = exponential(initial=0.5, maximum=4.0, jitter="none")
         >>> [strategy(n) for n in (1, 2, 3, 4, 5)]
         [0.5, 1.0, 2.0, 4.0, 4.0]

@@ -18,7 +18,7 @@ class ManualClock:
     Args:
         start: the initial time, in seconds.
 
-    Example:
+    Examples:
         >>> clock = ManualClock()
         >>> clock.advance(90)
         >>> clock()

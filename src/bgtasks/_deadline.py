@@ -89,7 +89,7 @@ def remaining() -> float | None:
     anyio worker thread), and in any function they call. Under nested
     timeouts it reports the earliest deadline.
 
-    Example:
+    Examples:
         >>> from bgtasks import remaining
         >>> remaining() is None  # outside any @timeout
         True

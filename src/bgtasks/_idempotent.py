@@ -176,7 +176,7 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
         ValueError: an unknown ``on_duplicate``, a non-positive duration, or a
             key template naming something that is not an argument.
 
-    Example:
+    Examples:
         >>> @idempotent(key="welcome:{email}")
         ... def send_welcome_email(email: str, username: str) -> str:
         ...     return f"sent to {username}"

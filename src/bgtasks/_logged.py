@@ -122,7 +122,7 @@ def logged(
         ValueError: ``level`` is an unknown name, ``redact`` is given without
             ``log_args=True``, or names an argument the function does not have.
 
-    Example:
+    Examples:
         >>> from bgtasks import logged
         >>> @logged
         ... async def send_welcome_email(email: str) -> None: ...

@@ -153,7 +153,7 @@ class MemoryStore:
         TypeError: ``max_entries`` is not an int or ``clock`` not callable.
         ValueError: ``max_entries`` is below 1.
 
-    Example:
+    Examples:
         >>> store = MemoryStore(max_entries=1000)
         >>> store.get("app.send:welcome:a@example.com") is None
         True

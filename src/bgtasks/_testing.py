@@ -96,7 +96,7 @@ def instant_retries(*, jitter: bool = False) -> Generator[RetryRecorder, None, N
     Yields:
         The `RetryRecorder` that collects one event per retry.
 
-    Example:
+    Examples:
         >>> from bgtasks import retry
         >>> calls = []
         >>> @retry(attempts=3)

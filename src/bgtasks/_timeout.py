@@ -64,7 +64,7 @@ def timeout(seconds: float | timedelta) -> TimeoutDecorator:
             string, or ``@timeout`` written without its argument).
         ValueError: ``seconds`` is zero, negative, NaN or infinite.
 
-    Example:
+    Examples:
         >>> from bgtasks import timeout
         >>> @timeout(30)
         ... async def generate_report(user_id: int) -> dict[str, int]:
