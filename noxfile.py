@@ -10,7 +10,7 @@ import nox
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+nox.options.sessions = ["lint", "typecheck", "tests", "tests_lowest", "docs"]
 # A missing interpreter is an error, not a silent skip: CI must prove all four.
 nox.options.error_on_missing_interpreters = True
 

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
+
+from bgtasks._core import ManagerCore
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each ``@pytest.mark.anyio`` test once per backend."""
     return str(request.param)
+
+
+@pytest.fixture(params=[True, False], ids=["task-handles", "own-scopes"])
+def task_handles(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> bool:
+    """Run a TaskManager test with anyio's task handles and with the fallback.
+
+    anyio >= 4.14 returns a cancellable handle from ``start_soon``; older
+    releases (down to the 4.11 floor) get a cancel scope per task instead.
+    """
+    if request.param and not hasattr(anyio, "TaskHandle"):
+        pytest.skip("anyio < 4.14 has no task handles; the fallback is tested")
+    monkeypatch.setattr(ManagerCore, "_use_task_handles", request.param)
+    return bool(request.param)

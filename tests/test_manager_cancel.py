@@ -10,18 +10,8 @@ import anyio.to_thread
 import pytest
 
 from bgtasks import TaskManager, TaskState, current_task
-from bgtasks._core import ManagerCore
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=[True, False], ids=["task-handles", "own-scopes"])
-def task_handles(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> bool:
-    """Run with anyio's task handles, and with the fallback for anyio < 4.14."""
-    monkeypatch.setattr(ManagerCore, "_use_task_handles", request.param)
-    return bool(request.param)
 
 
 async def test_cancel_running_async_task_promptly(task_handles: bool) -> None:

@@ -30,12 +30,13 @@ def read_sync() -> tuple[str, str]:
     return value, current_task().id
 
 
-@pytest.mark.parametrize("func", [read_async, read_sync], ids=["async", "sync"])
-async def test_context_is_captured_at_spawn(func: object) -> None:
+# Not named "func": anyio 4.11's pytest runner passes the test function by that name.
+@pytest.mark.parametrize("task_fn", [read_async, read_sync], ids=["async", "sync"])
+async def test_context_is_captured_at_spawn(task_fn: object) -> None:
     """The task sees the submitter's values; its own changes stay inside it."""
     async with TaskManager() as manager:
         token = request_id.set("req-1")
-        handle = manager.spawn(func)  # type: ignore[arg-type]
+        handle = manager.spawn(task_fn)  # type: ignore[arg-type]
         request_id.set("req-2")  # after submission: not seen by the task
         info = await handle.wait(timeout=5)
         request_id.reset(token)
@@ -43,14 +44,14 @@ async def test_context_is_captured_at_spawn(func: object) -> None:
     assert request_id.get() == "-"
 
 
-@pytest.mark.parametrize("func", [read_async, read_sync], ids=["async", "sync"])
-async def test_context_is_captured_in_a_worker_thread(func: object) -> None:
+@pytest.mark.parametrize("task_fn", [read_async, read_sync], ids=["async", "sync"])
+async def test_context_is_captured_in_a_worker_thread(task_fn: object) -> None:
     """Spawned from a sync endpoint's thread, the task sees that thread's values."""
     async with TaskManager() as manager:
 
         def endpoint() -> TaskHandle:
             request_id.set("from-thread")
-            return manager.spawn(func)  # type: ignore[arg-type]
+            return manager.spawn(task_fn)  # type: ignore[arg-type]
 
         handle = await anyio.to_thread.run_sync(endpoint)
         info = await handle.wait(timeout=5)

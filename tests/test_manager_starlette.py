@@ -18,7 +18,6 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from bgtasks import TaskManager, TaskState, current_task
-from bgtasks._core import ManagerCore
 from bgtasks.exceptions import ManagerNotRunningError
 
 Backend = Literal["asyncio", "trio"]
@@ -184,15 +183,6 @@ def test_add_task_checks_its_arguments() -> None:
         manager.add_task(BackgroundTasks(), send_welcome, "x")
     with pytest.raises(ValueError, match="_task_id must be"):
         manager.add_task(BackgroundTasks(), send_welcome, "x", _task_id="a b")
-
-
-@pytest.fixture(params=[True, False], ids=["task-handles", "own-scopes"])
-def task_handles(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> bool:
-    """Run with anyio's task handles, and with the fallback for anyio < 4.14."""
-    monkeypatch.setattr(ManagerCore, "_use_task_handles", request.param)
-    return bool(request.param)
 
 
 @pytest.mark.anyio
