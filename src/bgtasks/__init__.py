@@ -11,8 +11,8 @@ from importlib.metadata import version as _version
 
 from . import backoff as backoff
 from . import exceptions as exceptions
-from ._idempotent import idempotent as idempotent
 from ._events import TaskEvent as TaskEvent
+from ._idempotent import idempotent as idempotent
 from ._logged import logged as logged
 from ._manager import TaskManager as TaskManager
 from ._manager import current_task as current_task
@@ -21,8 +21,8 @@ from ._records import TaskHandle as TaskHandle
 from ._records import TaskInfo as TaskInfo
 from ._records import TaskState as TaskState
 from ._retry import RetryEvent as RetryEvent
-from ._running import TaskContext as TaskContext
 from ._retry import retry as retry
+from ._running import TaskContext as TaskContext
 from ._stores import ClaimResult as ClaimResult
 from ._stores import IdempotencyRecord as IdempotencyRecord
 from ._stores import IdempotencyStore as IdempotencyStore

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar, cast, overload
@@ -13,6 +12,7 @@ from typing_extensions import ParamSpec
 from ._keys import make_fingerprint, make_key
 from ._single_flight import RUN, OnDuplicate, Policy, new_owner
 from ._stores import IdempotencyStore, MemoryStore
+from ._validate import to_seconds
 from ._wrap import check_decoratable, wrap_same_kind
 
 __all__ = ["default_store", "idempotent"]
@@ -44,24 +44,6 @@ class SkippingDecorator(Protocol):
 
     @overload
     def __call__(self, func: Callable[P, R], /) -> Callable[P, R | None]: ...
-
-
-def _seconds(name: str, value: object, *, finite: bool = True) -> float:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise TypeError(
-            f"@idempotent({name}=...) must be a number of seconds or a timedelta, "
-            f"got {type(value).__name__}."
-        )
-    if not seconds > 0 or (finite and math.isinf(seconds)):
-        raise ValueError(
-            f"@idempotent({name}={value!r}) must be a positive"
-            f"{' finite' if finite else ''} duration, such as 60 or timedelta(hours=1)."
-        )
-    return seconds
 
 
 def _error_types(value: object) -> tuple[type[Exception], ...]:
@@ -206,9 +188,13 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
             f"@idempotent(on_duplicate={on_duplicate!r}) must be one of "
             f"{', '.join(map(repr, _MODES))}."
         )
-    ttl_s = _seconds("ttl", ttl, finite=False)
-    lease_s = _seconds("lease", lease)
-    wait_s = None if wait_timeout is None else _seconds("wait_timeout", wait_timeout)
+    ttl_s = to_seconds(ttl, "@idempotent(ttl=...)", finite=False)
+    lease_s = to_seconds(lease, "@idempotent(lease=...)")
+    wait_s = (
+        None
+        if wait_timeout is None
+        else to_seconds(wait_timeout, "@idempotent(wait_timeout=...)")
+    )
     if wait_s is not None and on_duplicate != "wait":
         raise ValueError(
             f'@idempotent(wait_timeout=...) only applies to on_duplicate="wait", '

@@ -23,11 +23,11 @@ from ._running import TaskContext, current_task
 from ._submit import (
     capture,
     check_int,
-    check_seconds,
     current_library,
     describe,
     tracked_wrapper,
 )
+from ._validate import to_seconds
 from .exceptions import TaskNotFoundError
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class TaskManager(RequestTasks):
         max_concurrency: int | None = None,
         max_finished: int = 10_000,
         finished_ttl: float | timedelta | None = 3600.0,
-        drain_timeout: float = 10.0,
+        drain_timeout: float | timedelta = 10.0,
         propagate_errors: bool = False,
         log_failures: bool = True,
         clock: Callable[[], float] = time.monotonic,
@@ -84,13 +84,18 @@ class TaskManager(RequestTasks):
             check_int("max_concurrency", max_concurrency, minimum=1, none_ok=True)
         check_int("max_finished", max_finished, minimum=0)
         ttl = (
-            finished_ttl.total_seconds()
-            if isinstance(finished_ttl, timedelta)
-            else finished_ttl
+            None
+            if finished_ttl is None
+            else to_seconds(
+                finished_ttl,
+                "TaskManager(finished_ttl=...)",
+                finite=False,
+                zero_ok=True,
+            )
         )
-        if ttl is not None:
-            check_seconds("finished_ttl", ttl, extra=", a timedelta or None")
-        check_seconds("drain_timeout", drain_timeout)
+        drain = to_seconds(
+            drain_timeout, "TaskManager(drain_timeout=...)", finite=False, zero_ok=True
+        )
         if not callable(clock):
             raise TypeError(
                 f"clock must be a callable returning monotonic seconds (like "
@@ -104,7 +109,7 @@ class TaskManager(RequestTasks):
             log_failures=log_failures,
             clock=clock,
         )
-        self._drain_timeout = float(drain_timeout)
+        self._drain_timeout = drain
         self._owner: object = None
         self._token: EventLoopToken | None = None
         self._library: str | None = None
@@ -163,9 +168,12 @@ class TaskManager(RequestTasks):
             timeout: seconds to wait before cancelling; None uses
                 ``drain_timeout``, 0 cancels at once.
         """
-        if timeout is not None:
-            check_seconds("timeout", timeout)
-        await self._close(self._drain_timeout if timeout is None else float(timeout))
+        drain = (
+            self._drain_timeout
+            if timeout is None
+            else to_seconds(timeout, "aclose(timeout=...)", finite=False, zero_ok=True)
+        )
+        await self._close(drain)
 
     async def _close(self, drain: float) -> None:
         tg = self._tg

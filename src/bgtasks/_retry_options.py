@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any, cast
 
 from ._backoff import Backoff, fixed
 from ._retry_policy import RetryPolicy
+from ._validate import to_seconds
 
 __all__ = ["build_policy"]
 
@@ -111,21 +111,9 @@ def _check_backoff(backoff: object) -> Callable[[int], float]:
 def _check_deadline(deadline: object) -> float | None:
     if deadline is None:
         return None
-    if isinstance(deadline, timedelta):
-        seconds = deadline.total_seconds()
-    elif isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
-        seconds = float(deadline)
-    else:
-        raise TypeError(
-            "retry(deadline=...) takes seconds or a timedelta, got "
-            f"{type(deadline).__name__} {deadline!r}."
-        )
-    if not 0 < seconds < math.inf:
-        raise ValueError(
-            f"retry(deadline={deadline!r}): give a finite budget > 0 seconds, or "
-            "None for no deadline."
-        )
-    return seconds
+    return to_seconds(
+        deadline, "retry(deadline=...)", hint=" Leave it out (None) for no deadline."
+    )
 
 
 def _check_callable(argument: str, value: object) -> Any:

@@ -15,7 +15,6 @@ from ._wrap import is_async_callable
 __all__ = [
     "capture",
     "check_int",
-    "check_seconds",
     "current_library",
     "describe",
     "tracked_wrapper",
@@ -144,10 +143,3 @@ def check_int(name: str, value: object, *, minimum: int, none_ok: bool = False) 
         )
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}.")
-
-
-def check_seconds(name: str, value: object, *, extra: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds{extra}, got {value!r}.")
-    if not value >= 0:
-        raise ValueError(f"{name} must be 0 or more seconds, got {value}.")

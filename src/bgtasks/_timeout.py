@@ -10,8 +10,6 @@ if it returns late anyway, its result is kept and a warning says by how much.
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -22,6 +20,7 @@ import anyio
 from typing_extensions import ParamSpec
 
 from ._deadline import Deadline, checkpoint, deadline_var, remaining, seconds_left
+from ._validate import to_seconds
 from ._wrap import wrap_same_kind
 
 __all__ = ["TimeoutDecorator", "checkpoint", "remaining", "timeout"]
@@ -85,26 +84,14 @@ def timeout(seconds: float | timedelta) -> TimeoutDecorator:
 
 
 def _check_seconds(seconds: object) -> float:
-    if isinstance(seconds, timedelta):
-        value = seconds.total_seconds()
-    elif callable(seconds):
+    if callable(seconds) and not isinstance(seconds, timedelta):
         raise TypeError(
             "@timeout needs the number of seconds each call may take: write "
             "@timeout(30), not a bare @timeout."
         )
-    elif isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
-        raise TypeError(
-            "timeout(seconds) takes a number of seconds or a datetime.timedelta, "
-            f"got {type(seconds).__name__} {seconds!r}: write e.g. timeout(30)."
-        )
-    else:
-        value = float(seconds)
-    if not 0 < value < math.inf:  # NaN fails this comparison too
-        raise ValueError(
-            f"timeout(seconds) must be positive and finite, got {seconds!r}. "
-            "For no limit, leave out @timeout."
-        )
-    return value
+    return to_seconds(
+        seconds, "timeout(seconds)", hint=" For no limit, leave out @timeout."
+    )
 
 
 def _name_of(func: Callable[..., Any]) -> str:
