@@ -70,6 +70,8 @@ def make_app(
             handle = tasks.add_task(fail, "password=hunter2")
         elif kind == "nan":
             handle = tasks.add_task(lambda: math.nan)
+        elif kind == "surrogate":
+            handle = tasks.add_task(undecodable_file_name)
         else:
             handle = tasks.add_task(object)
         # An untracked task after the tracked one: it must still run.
@@ -93,6 +95,13 @@ def make_app(
             Mount(prefix, app=task_router(manager, expose_error_messages=expose)),
         ],
     )
+
+
+def undecodable_file_name() -> str:
+    """A file name as os.listdir() gives it on a non-UTF-8 disk: a lone surrogate."""
+    name = b"caf\xe9.png".decode("utf-8", "surrogateescape")
+    current_task().set_progress(0.5, message=f"resizing {name}")
+    return name
 
 
 async def blocked(box: Box) -> str:
@@ -167,6 +176,18 @@ def test_result_not_json_is_left_out(client: TestClient, kind: str) -> None:
     assert response.status_code == 200
     assert response.json()["state"] == "succeeded"
     assert "result" not in response.json()
+
+
+def test_lone_surrogates_in_a_task_are_escaped_not_a_500(client: TestClient) -> None:
+    """A result or message no UTF-8 encoder takes still gives 200 and valid JSON."""
+    task_id = client.post("/add?kind=surrogate").json()["task_id"]
+    for url in (f"/tasks/{task_id}", "/tasks/"):
+        response = client.get(url)
+        assert response.status_code == 200
+        assert response.content.isascii()
+    body = client.get(f"/tasks/{task_id}").json()
+    assert body["result"] == "caf\udce9.png"
+    assert body["message"] == "resizing caf\udce9.png"
 
 
 @pytest.mark.parametrize(

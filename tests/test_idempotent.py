@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import inspect
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +19,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from bgtasks import MemoryStore, idempotent
+from bgtasks import MemoryStore, idempotent, timeout
 from bgtasks._clock import ManualClock
 from bgtasks._flight import LoopWaiters, board
 from bgtasks._idempotent import default_store
@@ -280,10 +283,52 @@ def test_recorded_errors_replay_the_same_exception(store: MemoryStore) -> None:
     for _ in range(3):
         with pytest.raises(CardDeclinedError) as again:
             charge()
-        assert again.value is first.value
+        # A fresh copy each time: same type and args, never the shared instance.
+        assert again.value is not first.value
+        assert again.value.args == first.value.args == ("declined",)
         depths.append(len(again.traceback))
     assert runs == [1]
     assert len(set(depths)) == 1, "the traceback must not grow with each replay"
+
+
+def test_a_recorded_error_keeps_no_frames_alive(store: MemoryStore) -> None:
+    """The store keeps a copy of a recorded error, not its traceback's frames."""
+
+    class Payload:
+        pass
+
+    class CardDeclinedError(Exception):
+        pass
+
+    @idempotent(key="k", store=store, record_errors=CardDeclinedError)
+    def charge(payload: Payload) -> None:
+        raise CardDeclinedError("declined")
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    with pytest.raises(CardDeclinedError):
+        charge(payload)
+    del payload
+    gc.collect()
+    assert ref() is None
+
+
+def test_an_uncopyable_recorded_error_is_replayed_as_is(store: MemoryStore) -> None:
+    """An error its constructor cannot rebuild is kept, with a fresh traceback."""
+
+    class RichError(Exception):
+        def __init__(self, code: int, reason: str) -> None:
+            super().__init__(f"{code}: {reason}")
+
+    @idempotent(key="k", store=store, record_errors=RichError)
+    def call() -> None:
+        raise RichError(402, "declined")
+
+    with pytest.raises(RichError) as first:
+        call()
+    with pytest.raises(RichError) as again:
+        call()
+    assert again.value is first.value
 
 
 def test_unlisted_errors_are_not_recorded(store: MemoryStore) -> None:
@@ -861,7 +906,7 @@ async def test_thread_and_task_waiters_share_a_failed_async_call(
 
 @pytest.mark.anyio
 async def test_recorded_error_reaches_waiters(store: MemoryStore) -> None:
-    """Waiters of a call that raised a listed error get that same error."""
+    """Waiters of a call that raised a listed error get that error (a copy each)."""
     gate = anyio.Event()
     error = LookupError("no such user")
 
@@ -883,7 +928,9 @@ async def test_recorded_error_reaches_waiters(store: MemoryStore) -> None:
             tg.start_soon(call)
         await until_async(lambda: board.waiting(store, "t:k") == 2)
         gate.set()
-    assert [error] * 3 == caught
+    assert caught[0] is error  # the owner's own exception
+    assert all(type(e) is LookupError and e.args == error.args for e in caught)
+    assert len({id(e) for e in caught}) == 3  # waiters do not share one instance
 
 
 # --- stores that are not MemoryStore -----------------------------------------
@@ -981,3 +1028,49 @@ def test_fingerprint_fast_path_equals_the_full_binding() -> None:
     for args, kwargs in [((1, 2, 3), {}), ((), {"a": 1, "b": 2}), ((1, 2), {"b": 2})]:
         with pytest.raises(TypeError, match="cannot fingerprint"):
             fp(args, kwargs)
+
+
+@contextlib.contextmanager
+def _key_held_by_a_thread(store: MemoryStore) -> Iterator[Callable[[], str]]:
+    """Run a first call that holds the key in a thread; yield the function."""
+    entered, release = threading.Event(), threading.Event()
+
+    @idempotent(key="held", store=store, namespace="held")
+    def work() -> str:
+        entered.set()
+        release.wait(5)
+        return "done"
+
+    owner = threading.Thread(target=work)
+    owner.start()
+    try:
+        assert entered.wait(5)
+        yield work
+    finally:
+        release.set()
+        owner.join()
+
+
+@pytest.mark.anyio
+async def test_sync_duplicate_stops_waiting_when_its_task_is_cancelled() -> None:
+    """A sync duplicate waiting in a worker thread ends when its task is cancelled."""
+    with _key_held_by_a_thread(MemoryStore()) as work:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def cancel_soon() -> None:
+                    await anyio.sleep(0.02)
+                    scope.cancel()
+
+                tg.start_soon(cancel_soon)
+                await anyio.to_thread.run_sync(work)  # a duplicate: waits
+        assert scope.cancelled_caught
+
+
+def test_timeout_outside_bounds_a_sync_duplicates_wait() -> None:
+    """With @timeout above @idempotent, a sync duplicate waits no longer than it."""
+    store = MemoryStore()
+    with _key_held_by_a_thread(store) as work:
+        bounded = timeout(0.02)(work)
+        with pytest.raises(TimeoutError):
+            bounded()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import tracemalloc
 import weakref
@@ -112,6 +113,30 @@ async def test_finished_record_holds_no_arguments_or_frames() -> None:
         assert record is not None
         assert record.run is None
     assert info.state == TaskState.FAILED
+
+
+@pytest.mark.parametrize("carrier", ["partial", "closure"])
+async def test_arguments_bound_into_the_function_are_not_kept(carrier: str) -> None:
+    """A partial or closure submitted as the task is not kept alive after it ends."""
+
+    class Upload:
+        pass
+
+    def make_thumbnail(upload: Upload) -> str:
+        return "ok"
+
+    upload = Upload()
+    ref = weakref.ref(upload)
+    func = (
+        functools.partial(make_thumbnail, upload)
+        if carrier == "partial"
+        else (lambda upload=upload: make_thumbnail(upload))
+    )
+    async with TaskManager(max_finished=0) as manager:
+        await manager.spawn(func).wait(timeout=5)
+    del upload, func
+    gc.collect()
+    assert ref() is None
 
 
 def _bytes_per_record(count: int, fill: Any) -> float:

@@ -8,6 +8,7 @@ message only when the application opts in.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +90,20 @@ def parse_limit(raw: str | None, max_page_size: int) -> int:
     return int(raw)
 
 
+class _JSON(JSONResponse):
+    """JSON with every non-ASCII character escaped.
+
+    A task's result, name or progress message may hold a lone surrogate (a
+    file name from a non-UTF-8 disk): Starlette's UTF-8 rendering would then
+    fail and answer 500; escaped, every Python str is valid JSON text.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 def _error(status_code: int, detail: str, **extra: str) -> JSONResponse:
-    return JSONResponse({"detail": detail, **extra}, status_code, headers=_HEADERS)
+    return _JSON({"detail": detail, **extra}, status_code, headers=_HEADERS)
 
 
 class TaskEndpoints:
@@ -124,14 +137,14 @@ class TaskEndpoints:
             "tasks": [self.task_body(info) for info in infos[:limit]],
             "has_more": len(infos) > limit,
         }
-        return JSONResponse(body, headers=_HEADERS)
+        return _JSON(body, headers=_HEADERS)
 
     def get_task(self, task_id: str) -> JSONResponse:
         """200 with the task's snapshot, 404 for an unknown or malformed id."""
         info = self.manager.get(task_id) if is_valid_task_id(task_id) else None
         if info is None:
             return self.not_found()
-        return JSONResponse(self.task_body(info), headers=_HEADERS)
+        return _JSON(self.task_body(info), headers=_HEADERS)
 
     async def cancel_task(self, task_id: str) -> JSONResponse:
         """202 once cancel is requested, 404 if unknown, 409 if already finished."""
@@ -140,7 +153,7 @@ class TaskEndpoints:
             return self.not_found()
         if not info.state.is_finished and await self.manager.cancel(task_id):
             info = self.manager.get(task_id) or info
-            return JSONResponse(self.task_body(info), 202, headers=_HEADERS)
+            return _JSON(self.task_body(info), 202, headers=_HEADERS)
         # Finished before the request, or in the race between get and cancel.
         latest = self.manager.get(task_id)
         if latest is None:

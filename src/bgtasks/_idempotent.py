@@ -149,7 +149,7 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
             :class:`~bgtasks.exceptions.IdempotencyConflictError` when they
             differ; or a callable taking the arguments and returning a str.
         record_errors: exception types recorded as the outcome instead of
-            releasing the key: later calls re-raise the same exception
+            releasing the key: later calls re-raise a copy of the exception
             instance without running.
 
     Raises:

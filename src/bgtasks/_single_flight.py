@@ -7,6 +7,7 @@ call that ran.
 
 from __future__ import annotations
 
+import copy as _copy
 import itertools
 import os
 import secrets
@@ -16,10 +17,14 @@ from typing import Any, Literal
 
 import anyio
 
+from ._deadline import checkpoint, remaining
 from ._flight import board
 from ._keys import KeyFunction
 from ._stores import ClaimResult, IdempotencyRecord, IdempotencyStore
 from .exceptions import DuplicateTaskError, IdempotencyConflictError
+
+# How often a waiting thread looks at its deadline and its task's cancellation.
+_SYNC_WAIT_SLICE = 0.05
 
 __all__ = ["RUN", "OnDuplicate", "Policy", "new_owner"]
 
@@ -103,8 +108,9 @@ class Policy:
             )
         self._check_conflict(record.fingerprint, fingerprint)
         if record.error is not None:
-            # A fresh traceback per replay: re-raising would otherwise grow it.
-            raise record.error.with_traceback(None)
+            # A fresh copy per replay: concurrent replays would otherwise share,
+            # and keep growing, one instance's traceback and context.
+            raise _detached(record.error).with_traceback(None)
         return record.value
 
     def _check_conflict(self, held: str | None, fingerprint: str | None) -> None:
@@ -171,9 +177,12 @@ class Policy:
                 )
                 if found.status != "in_progress":
                     return self._settle(found, fingerprint)
-                event.wait(
-                    self._wait_for(found, fingerprint, deadline, time.monotonic())
-                )
+                # A blocked thread cannot be cancelled: wait in short slices and
+                # let checkpoint() raise for a passed @timeout or a cancelled task.
+                checkpoint()
+                wait = self._wait_for(found, fingerprint, deadline, time.monotonic())
+                left = remaining()
+                event.wait(min(wait, _SYNC_WAIT_SLICE, wait if left is None else left))
             finally:
                 board.leave(store, key, flight)
 
@@ -227,10 +236,26 @@ class Policy:
                 self.store.complete(
                     key,
                     owner=owner,
-                    record=IdempotencyRecord(None, exc, fingerprint),
+                    record=IdempotencyRecord(None, _detached(exc), fingerprint),
                     ttl=self.ttl,
                 )
             else:
                 self.store.release(key, owner=owner)
         finally:
             board.land(self.store, key)
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """Copy ``exc`` without its traceback, cause and context.
+
+    A recorded error lives for the key's ttl: the original's traceback would
+    keep every frame it passed through, with their locals, alive that long. An
+    exception whose constructor cannot rebuild it from ``args`` is kept as it
+    is; its traceback is reset each time it is replayed.
+    """
+    try:
+        clone = _copy.copy(exc)
+    except Exception:  # a constructor that cannot rebuild it from its args
+        return exc
+    clone.__traceback__ = clone.__cause__ = clone.__context__ = None
+    return clone

@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,7 @@ def describe(func: Callable[..., Any], method: str) -> tuple[str, bool]:
     """
     try:
         return _DESCRIPTIONS[func]
-    except (KeyError, TypeError):  # TypeError: an unhashable callable object
+    except (KeyError, TypeError):  # TypeError: unhashable, or takes no weakref
         return _describe(func, method)
 
 
@@ -102,9 +103,12 @@ def _library_var() -> contextvars.ContextVar[str | None] | None:
 _LIBRARY_VAR = _library_var()
 
 
-# Functions are submitted again and again: check each one once. Bounded (it
-# keeps the functions alive); cleared when full, e.g. by one-off partials.
-_DESCRIPTIONS: dict[object, tuple[str, bool]] = {}
+# Functions are submitted again and again: check each one once. Weak keys: a
+# partial, closure or bound method carries the task's arguments, and a cache
+# must not keep them alive after the task ends. Also cleared when full.
+_DESCRIPTIONS: weakref.WeakKeyDictionary[object, tuple[str, bool]] = (
+    weakref.WeakKeyDictionary()
+)
 _DESCRIPTIONS_MAX = 1024
 
 
@@ -129,7 +133,7 @@ def _describe(func: Callable[..., Any], method: str) -> tuple[str, bool]:
     if not isinstance(name, str):
         name = type(target).__qualname__
     description = (name, is_async_callable(func))
-    with contextlib.suppress(TypeError):  # unhashable: just not cached
+    with contextlib.suppress(TypeError):  # unhashable or no weakref: not cached
         if len(_DESCRIPTIONS) >= _DESCRIPTIONS_MAX:
             _DESCRIPTIONS.clear()
         _DESCRIPTIONS[func] = description
