@@ -13,7 +13,7 @@ import os
 import secrets
 import threading
 import time
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 
@@ -22,6 +22,8 @@ from ._flight import board
 from ._keys import KeyFunction
 from ._stores import ClaimResult, IdempotencyRecord, IdempotencyStore
 from .exceptions import DuplicateTaskError, IdempotencyConflictError
+
+_E = TypeVar("_E", bound=BaseException)
 
 # How often a waiting thread looks at its deadline and its task's cancellation.
 _SYNC_WAIT_SLICE = 0.05
@@ -245,7 +247,7 @@ class Policy:
             board.land(self.store, key)
 
 
-def _detached(exc: BaseException) -> BaseException:
+def _detached(exc: _E) -> _E:
     """Copy ``exc`` without its traceback, cause and context.
 
     A recorded error lives for the key's ttl: the original's traceback would
