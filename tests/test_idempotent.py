@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from bgtasks import MemoryStore, idempotent, timeout
+from bgtasks import MemoryStore, TaskManager, TaskState, idempotent, timeout
 from bgtasks._clock import ManualClock
 from bgtasks._flight import LoopWaiters, board
 from bgtasks._idempotent import default_store
@@ -1053,18 +1053,19 @@ def _key_held_by_a_thread(store: MemoryStore) -> Iterator[Callable[[], str]]:
 
 @pytest.mark.anyio
 async def test_sync_duplicate_stops_waiting_when_its_task_is_cancelled() -> None:
-    """A sync duplicate waiting in a worker thread ends when its task is cancelled."""
+    """A sync duplicate run by a TaskManager ends CANCELLED when cancelled."""
     with _key_held_by_a_thread(MemoryStore()) as work:
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as tg:
-
-                async def cancel_soon() -> None:
-                    await anyio.sleep(0.02)
-                    scope.cancel()
-
-                tg.start_soon(cancel_soon)
-                await anyio.to_thread.run_sync(work)  # a duplicate: waits
-        assert scope.cancelled_caught
+        async with TaskManager() as manager:
+            handle = manager.spawn(work)  # a duplicate: waits in a worker thread
+            await until_async(
+                lambda: (
+                    (info := handle.info()) is not None
+                    and info.state is TaskState.RUNNING
+                )
+            )
+            assert await handle.cancel()
+            info = await handle.wait(timeout=2)  # the owner still holds the key
+        assert info.state is TaskState.CANCELLED
 
 
 def test_timeout_outside_bounds_a_sync_duplicates_wait() -> None:
