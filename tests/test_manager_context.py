@@ -112,3 +112,35 @@ async def test_spawn_under_an_eager_task_factory() -> None:
     finally:
         loop.set_task_factory(None)
     assert ("eager", handle.id) == info.result
+
+
+class _Greeter:
+    def __init__(self, greeting: str) -> None:
+        self.greeting = greeting
+
+    async def greet(self, name: str, *, punctuation: str = ".") -> str:
+        return f"{self.greeting}, {name}{punctuation}"
+
+
+async def test_bound_methods_run_on_their_object() -> None:
+    """An async bound method runs on its own object, with args and kwargs."""
+    hello, hi = _Greeter("Hello"), _Greeter("Hi")
+    async with TaskManager() as manager:
+        first = await manager.spawn(hello.greet, "Ada", punctuation="!").wait(timeout=5)
+        second = await manager.spawn(hi.greet, "Bob").wait(timeout=5)
+    assert (first.name, first.result) == ("_Greeter.greet", "Hello, Ada!")
+    assert (second.name, second.result) == ("_Greeter.greet", "Hi, Bob.")
+
+
+async def test_bound_methods_are_described_once_per_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bound methods, new objects at every access, share their function's entry."""
+    from bgtasks import _submit
+
+    monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
+    greeters = [_Greeter(str(n)) for n in range(3)]
+    async with TaskManager() as manager:
+        for greeter in greeters:
+            await manager.spawn(greeter.greet, "x").wait(timeout=5)
+    assert {_Greeter.greet: ("_Greeter.greet", True)} == _submit._DESCRIPTIONS

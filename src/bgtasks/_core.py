@@ -19,6 +19,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from types import MethodType
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -29,17 +30,19 @@ from ._events import Subscribers, TaskEvent
 from ._records import Call, Cancellable, TaskInfo, TaskRecord, TaskState, error_of
 from ._registry import Registry
 from ._slots import Slots
-from .exceptions import ManagerNotRunningError
+from ._submit import not_running
 
 if TYPE_CHECKING:
     from contextvars import Context
 
-__all__ = ["ManagerCore"]
+__all__ = ["SYNC", "ManagerCore"]
 
 logger = logging.getLogger("bgtasks")
 
 _PENDING = TaskState.PENDING
 _RUNNING = TaskState.RUNNING
+
+SYNC = object()  # the ``owner`` that has the runner call a function in a thread
 
 
 class ManagerCore:
@@ -91,7 +94,7 @@ class ManagerCore:
         lock.acquire()  # not `with`: on the per-task path it costs twice as much
         try:
             if not self._accepting:
-                raise _not_running()
+                raise not_running()
             registry = self._registry
             record = TaskRecord(
                 registry.new_id() if task_id is None else task_id, name, created, call
@@ -135,21 +138,26 @@ class ManagerCore:
         loop just now, as the task group copies the current context itself.
         """
         tg = cast("TaskGroup", self._tg)
+        owner: object = None if is_async else SYNC
+        if owner is None and isinstance(func, MethodType):
+            # Keep the method's parts, not the method: one object fewer per
+            # pending task for the garbage collector to walk.
+            owner, func = func.__self__, func.__func__
         if self._use_task_handles:
             # anyio's handle wraps the task in a cancel scope: reusing it saves
             # a second scope per task (the costliest part of running one).
             if self._slots is None:
-                coro = self._execute(record, func, args, kwargs, is_async)
+                coro = self._execute(record, func, args, kwargs, owner)
             else:
-                coro = self._run_spawned(record, func, args, kwargs, is_async)
+                coro = self._run_spawned(record, func, args, kwargs, owner)
             handle = tg.create_task(coro, name=record.name, context=context)
             if record.finished is None:  # pragma: no branch - ended by an eager start
                 record.run = handle
         elif context is None:
-            tg.start_soon(self._run_spawned, record, func, args, kwargs, is_async)
+            tg.start_soon(self._run_spawned, record, func, args, kwargs, owner)
         else:
             context.run(
-                tg.start_soon, self._run_spawned, record, func, args, kwargs, is_async
+                tg.start_soon, self._run_spawned, record, func, args, kwargs, owner
             )
 
     def _release_slot(self) -> None:
@@ -171,10 +179,10 @@ class ManagerCore:
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
-        is_async: bool,
+        owner: object,
     ) -> None:
         try:
-            await self._execute_scoped(record, func, args, kwargs, is_async)
+            await self._execute_scoped(record, func, args, kwargs, owner)
         finally:
             self._release_slot()
 
@@ -184,15 +192,15 @@ class ManagerCore:
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
-        is_async: bool,
+        owner: object,
     ) -> Exception | None:
         if self._use_task_handles:
-            return await self._execute(record, func, args, kwargs, is_async)
+            return await self._execute(record, func, args, kwargs, owner)
         with anyio.CancelScope() as scope:  # swallows its own cancellation
             with self._lock:
                 if record.state is _PENDING:  # not cancelled meanwhile
                     record.run = scope
-            return await self._execute(record, func, args, kwargs, is_async)
+            return await self._execute(record, func, args, kwargs, owner)
         return None
 
     async def _execute(  # noqa: PLR0912 - the hot path, kept in one frame for speed
@@ -201,10 +209,11 @@ class ManagerCore:
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None,
-        is_async: bool,
+        owner: object,
     ) -> Exception | None:
         """Run a PENDING record to a terminal state; return its exception.
 
+        ``owner``: None (await ``func``), SYNC, or a method's object to pass first.
         Cancellation (and other BaseExceptions) is recorded, then re-raised.
         """
         subscribers = self._subscribers
@@ -224,7 +233,9 @@ class ManagerCore:
         try:
             if info is not None:
                 await subscribers.announce_start(created, info)
-            if is_async:
+            if owner is not None and owner is not SYNC:
+                args = (owner, *args)  # a method's object, kept apart until now
+            if owner is not SYNC:
                 if kwargs is None:
                     result = await func(*args)
                 else:
@@ -388,10 +399,3 @@ class ManagerCore:
         """Snapshot ``record``, or None once retention dropped it."""
         with self._lock:
             return record.snapshot() if self._registry.is_stored(record) else None
-
-
-def _not_running() -> ManagerNotRunningError:
-    return ManagerNotRunningError(
-        "the TaskManager is not running: enter it first (`async with manager:`, "
-        "e.g. in the app's lifespan); it stops accepting tasks once it closes."
-    )

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from ._core import ManagerCore
+from ._core import SYNC, ManagerCore
 from ._records import TaskRecord, TaskState
 from ._slots import SlotWaiter
 
@@ -98,6 +98,7 @@ class RequestTasks(ManagerCore):
         is_async: bool,
         failure: list[Exception],
     ) -> None:
-        error = await self._execute_scoped(record, func, args, kwargs, is_async)
+        owner = None if is_async else SYNC
+        error = await self._execute_scoped(record, func, args, kwargs, owner)
         if error is not None:
             failure.append(error)

@@ -8,16 +8,19 @@ import functools
 import inspect
 import weakref
 from collections.abc import Callable
+from types import FunctionType, MethodType
 from typing import Any
 
 from ._records import Call, TaskRecord
 from ._wrap import is_async_callable
+from .exceptions import ManagerNotRunningError
 
 __all__ = [
     "capture",
     "check_int",
     "current_library",
     "describe",
+    "not_running",
     "tracked_wrapper",
     "unwrap",
 ]
@@ -57,10 +60,15 @@ def describe(func: Callable[..., Any], method: str) -> tuple[str, bool]:
     Raises:
         TypeError: not callable, or a generator function.
     """
+    key: object = func
+    if isinstance(func, MethodType) and type(func.__func__) is FunctionType:
+        # A bound method is a new object at every attribute access, and is
+        # described exactly as its function, which lasts: cache that instead.
+        key = func.__func__
     try:
-        return _DESCRIPTIONS[func]
+        return _DESCRIPTIONS[key]
     except (KeyError, TypeError):  # TypeError: unhashable, or takes no weakref
-        return _describe(func, method)
+        return _describe(func, method, key)
 
 
 def capture(
@@ -112,7 +120,7 @@ _DESCRIPTIONS: weakref.WeakKeyDictionary[object, tuple[str, bool]] = (
 _DESCRIPTIONS_MAX = 1024
 
 
-def _describe(func: Callable[..., Any], method: str) -> tuple[str, bool]:
+def _describe(func: Callable[..., Any], method: str, key: object) -> tuple[str, bool]:
     """Return a task function's name and kind, refusing what cannot run.
 
     Raises:
@@ -136,7 +144,7 @@ def _describe(func: Callable[..., Any], method: str) -> tuple[str, bool]:
     with contextlib.suppress(TypeError):  # unhashable or no weakref: not cached
         if len(_DESCRIPTIONS) >= _DESCRIPTIONS_MAX:
             _DESCRIPTIONS.clear()
-        _DESCRIPTIONS[func] = description
+        _DESCRIPTIONS[key] = description
     return description
 
 
@@ -147,3 +155,10 @@ def check_int(name: str, value: object, *, minimum: int, none_ok: bool = False) 
         )
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}.")
+
+
+def not_running() -> ManagerNotRunningError:
+    return ManagerNotRunningError(
+        "the TaskManager is not running: enter it first (`async with manager:`, "
+        "e.g. in the app's lifespan); it stops accepting tasks once it closes."
+    )
