@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import anyio
 import pytest
 
@@ -27,3 +30,26 @@ def task_handles(
         pytest.skip("anyio < 4.14 has no task handles; the fallback is tested")
     monkeypatch.setattr(ManagerCore, "_use_task_handles", request.param)
     return bool(request.param)
+
+
+class _ListHandler(logging.Handler):
+    """Keeps every record it is handed, from any thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """The records of the ``bgtasks`` logger during the test, from DEBUG up."""
+    logger = logging.getLogger("bgtasks")
+    handler, level = _ListHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler.records
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -6,7 +6,7 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -45,27 +45,6 @@ def _stack(func: Callable[..., Any], order: tuple[str, ...]) -> Callable[..., An
     for name in reversed(order):
         func = decorators[name](func)
     return func
-
-
-class _Keep(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """The records of ``@logged`` (logger ``bgtasks``, INFO) during the test."""
-    logger = logging.getLogger("bgtasks")
-    handler, level = _Keep(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler.records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def _outcomes(records: list[logging.LogRecord]) -> list[tuple[int, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, cast
 
 import anyio
@@ -38,29 +38,6 @@ class _FakeTask:
     id = "task-7"
 
     def record_attempt(self, attempt: int) -> None: ...  # pragma: no cover
-
-
-class _ListHandler(logging.Handler):
-    """Keeps every record it is handed, from any thread."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """The records of the ``bgtasks`` logger, from DEBUG up."""
-    logger = logging.getLogger("bgtasks")
-    handler, level = _ListHandler(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
