@@ -200,25 +200,23 @@ def _compiled_key(
     return compiled_key
 
 
-def _callable_key(
-    key: Callable[..., object], prefix: str, qualname: str
+def _user_str_function(
+    user: Callable[..., object], what: str, prefix: str = "", hint: str = ""
 ) -> KeyFunction:
-    def call_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """Call the user's ``what`` (key or fingerprint function) and check its str."""
+
+    def call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         try:
-            value = key(*args, **kwargs)
+            value = user(*args, **kwargs)
         except Exception as exc:
-            raise ValueError(
-                f"the idempotency key function of {qualname}() raised "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            raise ValueError(f"{what} raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(value, str):
             raise TypeError(
-                f"the idempotency key function of {qualname}() must return a str, "
-                f"got {type(value).__name__}: build the key with an f-string."
+                f"{what} must return a str, got {type(value).__name__}{hint}."
             )
         return prefix + value
 
-    return call_key
+    return call
 
 
 def make_key(
@@ -236,7 +234,12 @@ def make_key(
     prefix = f"{namespace}:"
     if isinstance(key, str):
         return _template_key(func, key, prefix, qualname)
-    return _callable_key(key, prefix, qualname)
+    return _user_str_function(
+        key,
+        f"the idempotency key function of {qualname}()",
+        prefix,
+        hint=": build the key with an f-string",
+    )
 
 
 def make_fingerprint(
@@ -249,24 +252,9 @@ def make_fingerprint(
     keyword calls agree; arguments must have value-based reprs.
     """
     if fingerprint is not None:
-        custom = fingerprint
-
-        def call_fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-            try:
-                value = custom(*args, **kwargs)
-            except Exception as exc:
-                raise ValueError(
-                    f"the fingerprint function of {qualname}() raised "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            if not isinstance(value, str):
-                raise TypeError(
-                    f"the fingerprint function of {qualname}() must return a str, "
-                    f"got {type(value).__name__}."
-                )
-            return value
-
-        return call_fingerprint
+        return _user_str_function(
+            fingerprint, f"the fingerprint function of {qualname}()"
+        )
 
     signature = _signature(func, "fingerprint its arguments")
     params = list(signature.parameters.values())
