@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections.abc
 import functools
+import gc
 import json
 import logging
+import weakref
 from datetime import timedelta, timezone
 from typing import Any
 
@@ -425,20 +428,76 @@ async def test_function_checks_are_cached_and_bounded(
 
     monkeypatch.setattr(_submit, "_DESCRIPTIONS_MAX", 2)
     monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
+    functions = [functools.partial(double, n) for n in range(5)]  # all alive
     async with TaskManager() as manager:
-        for n in range(5):
-            await manager.spawn(functools.partial(double, n)).wait(timeout=5)
+        for func in functions:
+            await manager.spawn(func).wait(timeout=5)
     assert len(_submit._DESCRIPTIONS) <= 2
+
+
+async def test_a_function_leaves_the_cache_when_it_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache holds functions weakly, and forgets each one as it goes."""
+    from bgtasks import _submit
+
+    monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
+    func = functools.partial(double, 1)
+    async with TaskManager() as manager:
+        await manager.spawn(func).wait(timeout=5)
+        key = id(func)
+        assert key in _submit._DESCRIPTIONS
+        # A callback for an entry that was replaced since leaves the new one.
+        _submit._forget(key, weakref.ref(double))
+        assert key in _submit._DESCRIPTIONS
+        del func
+        gc.collect()
+        assert key not in _submit._DESCRIPTIONS
+
+
+async def test_functions_without_weak_references_run_uncached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A callable object that takes no weak reference is checked at every spawn."""
+    from bgtasks import _submit
+
+    class Doubler:
+        __slots__ = ()
+
+        async def __call__(self, x: int) -> int:
+            return x * 2
+
+    monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
+    async with TaskManager() as manager:
+        info = await manager.spawn(Doubler(), 4).wait(timeout=5)
+    assert info.name.endswith(".Doubler")
+    assert info.result == 8
+    assert _submit._DESCRIPTIONS == {}
+
+
+def test_a_record_is_awaited_never_driven() -> None:
+    """The record handed to anyio as a coroutine refuses send() and throw()."""
+    from bgtasks._records import TaskRecord
+
+    record = TaskRecord(None, "id", "double", 0.0, double, (1,), None, None)  # type: ignore[arg-type]
+    assert isinstance(record, collections.abc.Coroutine)
+    with pytest.raises(TypeError, match="awaited"):
+        record.send(None)
+    with pytest.raises(TypeError, match="awaited"):
+        record.throw(ValueError("x"))
+    record.close()  # what anyio does with a coroutine it cannot start
+    assert record.state is TaskState.PENDING
 
 
 async def test_launch_of_a_cancelled_record_frees_its_slot() -> None:
     """A record cancelled between registration and launch gives its slot back."""
+    from bgtasks._records import TaskRecord
     from bgtasks._submit import capture
 
     async with TaskManager(max_concurrency=1) as manager:
-        call = capture(double, (1,), {}, True, None)
-        record, launch = manager._register("double", None, call, spawned=True)
-        assert launch
+        record = TaskRecord(manager, "", "double", 0.0, double, (1,), None, None)
+        record.run = capture(None)
+        assert manager._register(record, spawned=True)
         assert await manager._cancel_record(record)
         manager._launch(record)
         assert manager._slots is not None

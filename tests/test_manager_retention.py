@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import time
 import tracemalloc
 import weakref
 from typing import Any
@@ -12,6 +13,7 @@ import anyio
 import pytest
 
 from bgtasks import TaskManager, TaskState
+from bgtasks._records import TaskRecord
 from bgtasks._submit import capture
 
 pytestmark = pytest.mark.anyio
@@ -92,6 +94,43 @@ async def test_reused_ids_do_not_leak_queue_entries() -> None:
         assert registry.count(TaskState.SUCCEEDED) == 2
 
 
+async def test_finish_times_follow_their_records_when_reused_ids_are_dropped() -> None:
+    """After the finish queue sheds replaced records, each keeps its own age."""
+    clock = FakeClock()  # at 1000
+    async with TaskManager(finished_ttl=250, clock=clock) as manager:
+        for _ in range(3):  # expire and leave the front of the time array
+            await manager.spawn(noop).wait(timeout=5)
+        clock.now += 300
+        early = await manager.spawn(noop).wait(timeout=5)  # at 1300
+        for _ in range(200):  # enough replaced entries to rebuild the queue
+            clock.now += 1
+            await manager.spawn(noop, _task_id="same").wait(timeout=5)  # to 1500
+        clock.now += 30
+        late = await manager.spawn(noop).wait(timeout=5)  # at 1530
+        clock.now = 1549  # ``early`` is 249 s old: kept, to the second
+        assert [info.id for info in manager.list()] == [late.id, "same", early.id]
+        clock.now += 1
+        assert [info.id for info in manager.list()] == [late.id, "same"]
+        clock.now = 1750
+        assert [info.id for info in manager.list()] == [late.id]
+
+
+async def test_finish_times_stay_bounded_and_in_step() -> None:
+    """Many finishes under a count limit keep the time array small and aligned."""
+    clock = FakeClock()
+    async with TaskManager(max_finished=10, finished_ttl=100, clock=clock) as manager:
+        for _ in range(3000):
+            await manager.spawn(noop).wait(timeout=5)
+        registry = manager._registry
+        assert len(registry._finished) == 10
+        assert len(registry._finished_at) - registry._first_time == 10
+        assert len(registry._finished_at) <= 2 * 1024 + 10
+        clock.now += 50
+        fresh = await manager.spawn(noop).wait(timeout=5)
+        clock.now += 50  # the 3000 are 100 s old now, ``fresh`` 50 s
+        assert [info.id for info in manager.list()] == [fresh.id]
+
+
 async def test_finished_record_holds_no_arguments_or_frames() -> None:
     """Once finished, nothing keeps the task's arguments or coroutine alive."""
 
@@ -161,11 +200,14 @@ async def test_memory_per_finished_record_is_bounded() -> None:
     """
     count = 100_000
     async with TaskManager(max_finished=count) as manager:
-        call = capture(noop, (), {}, True, None)
 
         def fill(n: int) -> None:
             for _ in range(n):
-                record, _ = manager._register("noop", None, call, spawned=False)
+                record = TaskRecord(
+                    manager, "", "noop", time.time(), noop, (), None, None
+                )
+                record.run = capture(None)
+                manager._register(record, spawned=False)
                 manager._finish(record, TaskState.SUCCEEDED, None)
 
         per_record = _bytes_per_record(count, fill)

@@ -18,31 +18,26 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
-from types import MethodType
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Coroutine
+from contextvars import Context
+from typing import Any, cast
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._context import running_task_var
 from ._events import Subscribers, TaskEvent
-from ._records import Call, Cancellable, TaskInfo, TaskRecord, TaskState, error_of
+from ._records import SYNC, Cancellable, TaskInfo, TaskRecord, TaskState, error_of
 from ._registry import Registry
 from ._slots import Slots
 from ._submit import not_running
 
-if TYPE_CHECKING:
-    from contextvars import Context
-
-__all__ = ["SYNC", "ManagerCore"]
+__all__ = ["ManagerCore"]
 
 logger = logging.getLogger("bgtasks")
 
 _PENDING = TaskState.PENDING
 _RUNNING = TaskState.RUNNING
-
-SYNC = object()  # the ``owner`` that has the runner call a function in a thread
 
 
 class ManagerCore:
@@ -77,29 +72,30 @@ class ManagerCore:
         self._active = 0
         self._idle: anyio.Event | None = None
         self._waiters: dict[TaskRecord, anyio.Event] = {}
+        # What awaiting a launched record runs (TaskRecord.__await__): chosen
+        # once, as it is looked up for every task.
+        self.run_launched: Callable[[TaskRecord], Coroutine[Any, Any, object]] = (
+            self._execute if self._slots is None else self._run_spawned
+        )
 
     # -- submission ---------------------------------------------------------
 
-    def _register(
-        self, name: str, task_id: str | None, call: Call | None, *, spawned: bool
-    ) -> tuple[TaskRecord, bool]:
-        """Create and store a PENDING record; tell sync subscribers.
+    def _register(self, record: TaskRecord, *, spawned: bool) -> bool:
+        """Store a new PENDING record; tell sync subscribers.
 
-        ``call`` is None only for a task that is started at once, in the
-        caller's context. Returns the record and, for ``spawned`` ones, whether
-        it got a slot and must be launched now (False: it waits in the queue).
+        A record whose ``id`` is empty gets a random one. Returns, for
+        ``spawned`` records, whether it got a slot and must be launched now
+        (False: it waits in the queue).
         """
-        created = time.time()
         lock = self._lock
         lock.acquire()  # not `with`: on the per-task path it costs twice as much
         try:
             if not self._accepting:
                 raise not_running()
-            registry = self._registry
-            record = TaskRecord(
-                registry.new_id() if task_id is None else task_id, name, created, call
-            )
-            registry.add(record)
+            if record.id:
+                self._registry.add(record)
+            else:
+                self._registry.add_with_new_id(record)
             self._active += 1
             launch = spawned
             slots = self._slots
@@ -111,54 +107,35 @@ class ManagerCore:
             lock.release()
         if info is not None:
             self._subscribers.notify_sync([TaskEvent(record.id, None, _PENDING, info)])
-        return record, launch
+        return launch
 
     def _launch(self, record: TaskRecord) -> None:
-        """Start a spawned record that kept its call (loop thread only)."""
-        call = record.run
-        if self._tg is None or not isinstance(call, tuple):
+        """Start a spawned record that waited for a slot or the loop (loop only)."""
+        context = record.run
+        if self._tg is None or not isinstance(context, Context):
             # Cancelled (or the manager closed) before it could start.
             self._release_slot()
             return
-        func, args, kwargs, context, is_async = call
-        self._start(record, func, args, kwargs, is_async, context)
+        self._start(record, context)
 
-    def _start(  # noqa: PLR0917 - the call's parts: no tuple kept per task
-        self,
-        record: TaskRecord,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        is_async: bool,
-        context: Context | None,
-    ) -> None:
+    def _start(self, record: TaskRecord, context: Context | None) -> None:
         """Run a record in the task group (loop thread only).
 
         ``context``: the one captured at submission; None when submitted on the
         loop just now, as the task group copies the current context itself.
         """
         tg = cast("TaskGroup", self._tg)
-        owner: object = None if is_async else SYNC
-        if owner is None and isinstance(func, MethodType):
-            # Keep the method's parts, not the method: one object fewer per
-            # pending task for the garbage collector to walk.
-            owner, func = func.__self__, func.__func__
         if self._use_task_handles:
-            # anyio's handle wraps the task in a cancel scope: reusing it saves
-            # a second scope per task (the costliest part of running one).
-            if self._slots is None:
-                coro = self._execute(record, func, args, kwargs, owner)
-            else:
-                coro = self._run_spawned(record, func, args, kwargs, owner)
-            handle = tg.create_task(coro, name=record.name, context=context)
+            # The record is the coroutine (see TaskRecord), and anyio's handle
+            # wraps it in a cancel scope: reusing that saves a second scope per
+            # task (the costliest part of running one).
+            handle = tg.create_task(record, name=record.name, context=context)
             if record.finished is None:  # pragma: no branch - ended by an eager start
                 record.run = handle
         elif context is None:
-            tg.start_soon(self._run_spawned, record, func, args, kwargs, owner)
+            tg.start_soon(self._run_spawned, record)
         else:
-            context.run(
-                tg.start_soon, self._run_spawned, record, func, args, kwargs, owner
-            )
+            context.run(tg.start_soon, self._run_spawned, record)
 
     def _release_slot(self) -> None:
         slots = self._slots
@@ -173,47 +150,25 @@ class ManagerCore:
 
     # -- execution ----------------------------------------------------------
 
-    async def _run_spawned(
-        self,
-        record: TaskRecord,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        owner: object,
-    ) -> None:
+    async def _run_spawned(self, record: TaskRecord) -> None:
         try:
-            await self._execute_scoped(record, func, args, kwargs, owner)
+            await self._execute_scoped(record)
         finally:
             self._release_slot()
 
-    async def _execute_scoped(
-        self,
-        record: TaskRecord,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        owner: object,
-    ) -> Exception | None:
+    async def _execute_scoped(self, record: TaskRecord) -> Exception | None:
         if self._use_task_handles:
-            return await self._execute(record, func, args, kwargs, owner)
+            return await self._execute(record)
         with anyio.CancelScope() as scope:  # swallows its own cancellation
             with self._lock:
                 if record.state is _PENDING:  # not cancelled meanwhile
                     record.run = scope
-            return await self._execute(record, func, args, kwargs, owner)
+            return await self._execute(record)
         return None
 
-    async def _execute(  # noqa: PLR0912 - the hot path, kept in one frame for speed
-        self,
-        record: TaskRecord,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        owner: object,
-    ) -> Exception | None:
-        """Run a PENDING record to a terminal state; return its exception.
+    async def _execute(self, record: TaskRecord) -> Exception | None:  # noqa: PLR0912 - the hot path, kept in one frame for speed
+        """Run a PENDING record's call to a terminal state; return its exception.
 
-        ``owner``: None (await ``func``), SYNC, or a method's object to pass first.
         Cancellation (and other BaseExceptions) is recorded, then re-raised.
         """
         subscribers = self._subscribers
@@ -227,6 +182,8 @@ class ManagerCore:
             record.state = _RUNNING
             record.started = started
             info = record.snapshot() if subscribers.any else None
+            func = cast("Callable[..., Any]", record.func)
+            args, kwargs, owner = record.args, record.kwargs, record.owner
         finally:
             lock.release()
         running_task_var.set(record)
@@ -300,10 +257,11 @@ class ManagerCore:
         record.state = state
         record.outcome = outcome
         record.finished = now
-        record.finished_mono = mono
-        record.run = None
+        # Drop the call: a finished record keeps none of the task's arguments.
+        record.func = record.kwargs = record.owner = record.run = None
+        record.args = ()
         self._active -= 1
-        self._registry.finished(record)
+        self._registry.finished(record, mono)
         if self._waiters:
             waiter = self._waiters.pop(record, None)
             if waiter is not None:
@@ -352,10 +310,8 @@ class ManagerCore:
             else:
                 events = []
                 record.cancel_requested = True
-                switch = record.run
-                if switch is not None and not isinstance(
-                    switch, tuple
-                ):  # pragma: no branch
+                switch = _switch(record)
+                if switch is not None:  # pragma: no branch
                     switch.cancel()
         await self._subscribers.announce(events)
         return True
@@ -372,10 +328,9 @@ class ManagerCore:
                     events.extend(self._end_pending(record, now, mono))
                 else:
                     record.cancel_requested = True
-                    if record.run is not None and not isinstance(
-                        record.run, tuple
-                    ):  # pragma: no branch
-                        scopes.append(record.run)
+                    switch = _switch(record)
+                    if switch is not None:  # pragma: no branch
+                        scopes.append(switch)
             if self._slots is not None:
                 self._slots.clear()
         for scope in scopes:
@@ -399,3 +354,9 @@ class ManagerCore:
         """Snapshot ``record``, or None once retention dropped it."""
         with self._lock:
             return record.snapshot() if self._registry.is_stored(record) else None
+
+
+def _switch(record: TaskRecord) -> Cancellable | None:
+    """Return what cancels a launched record; None before its launch is done."""
+    run = record.run
+    return None if run is None or isinstance(run, Context) else run

@@ -7,12 +7,11 @@ slot, then runs the function in a child task of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from contextvars import Context
 
 import anyio
 
-from ._core import SYNC, ManagerCore
+from ._core import ManagerCore
 from ._records import TaskRecord, TaskState
 from ._slots import SlotWaiter
 
@@ -24,10 +23,11 @@ class RequestTasks(ManagerCore):
 
     async def _run_external(self, record: TaskRecord) -> None:
         """Run an ``add_task`` record in Starlette's request task."""
-        call = record.run
-        if not isinstance(call, tuple) or not await self._acquire_external_slot(record):
+        context = record.run
+        if not isinstance(context, Context) or not await self._acquire_external_slot(
+            record
+        ):
             return  # cancelled, or the manager closed, before Starlette ran it
-        func, args, kwargs, context, is_async = call
         failure: list[Exception] = []
         try:
             # A child task, so the function runs in the context captured by
@@ -35,9 +35,7 @@ class RequestTasks(ManagerCore):
             async with anyio.create_task_group() as tg:
                 if self._use_task_handles:
                     handle = tg.create_task(
-                        self._execute_into(
-                            record, func, args, kwargs, is_async, failure
-                        ),
+                        self._execute_into(record, failure),
                         name=record.name,
                         context=context,
                     )
@@ -46,16 +44,7 @@ class RequestTasks(ManagerCore):
                     ):  # pragma: no branch - ended by an eager start
                         record.run = handle
                 else:
-                    context.run(
-                        tg.start_soon,
-                        self._execute_into,
-                        record,
-                        func,
-                        args,
-                        kwargs,
-                        is_async,
-                        failure,
-                    )
+                    context.run(tg.start_soon, self._execute_into, record, failure)
         finally:
             self._release_slot()
         if failure and self._propagate_errors:
@@ -89,16 +78,7 @@ class RequestTasks(ManagerCore):
             return False
         return waiter.granted
 
-    async def _execute_into(  # noqa: PLR0917 - the call's parts, and the outbox
-        self,
-        record: TaskRecord,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        is_async: bool,
-        failure: list[Exception],
-    ) -> None:
-        owner = None if is_async else SYNC
-        error = await self._execute_scoped(record, func, args, kwargs, owner)
+    async def _execute_into(self, record: TaskRecord, failure: list[Exception]) -> None:
+        error = await self._execute_scoped(record)
         if error is not None:
             failure.append(error)

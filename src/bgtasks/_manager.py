@@ -17,10 +17,11 @@ from typing_extensions import Self
 
 from ._events import Subscriber
 from ._external import RequestTasks
-from ._records import TaskHandle, TaskInfo, TaskState
+from ._records import TaskHandle, TaskInfo, TaskRecord, TaskState
 from ._registry import check_task_id
 from ._running import TaskContext, current_task
 from ._submit import (
+    call_parts,
     capture,
     check_int,
     current_library,
@@ -249,22 +250,24 @@ class TaskManager(RequestTasks):
         name, is_async = describe(func, "spawn")
         if _task_id is not None:
             check_task_id(_task_id)
+        target, owner = call_parts(func, is_async)
+        record = TaskRecord(
+            self, _task_id or "", name, time.time(), target, args, kwargs or None, owner
+        )
         if threading.get_ident() != self._loop_thread:
-            call = capture(func, args, kwargs, is_async, self._library)
-            record, launch = self._register(name, _task_id, call, spawned=True)
-            if launch:
+            record.run = capture(self._library)
+            if self._register(record, spawned=True):
                 anyio.from_thread.run_sync(self._launch, record, token=self._token)
         elif self._slots is None:
             # On the loop the task group copies the current context, which is
-            # the submitter's: no copy of our own, and no call kept.
-            record, _ = self._register(name, _task_id, None, spawned=True)
-            self._start(record, func, args, kwargs or None, is_async, None)
+            # the submitter's: no copy of our own.
+            self._register(record, spawned=True)
+            self._start(record, None)
         else:
-            call = capture(func, args, kwargs, is_async, None)
-            record, launch = self._register(name, _task_id, call, spawned=True)
-            if launch:
+            record.run = capture(None)
+            if self._register(record, spawned=True):
                 self._launch(record)
-        return TaskHandle(self, record)
+        return TaskHandle(record)
 
     def add_task(
         self,
@@ -306,10 +309,14 @@ class TaskManager(RequestTasks):
         name, is_async = describe(func, "add_task")
         if _task_id is not None:
             check_task_id(_task_id)
-        call = capture(func, args, kwargs, is_async, self._library)
-        record, _ = self._register(name, _task_id, call, spawned=False)
+        target, owner = call_parts(func, is_async)
+        record = TaskRecord(
+            self, _task_id or "", name, time.time(), target, args, kwargs or None, owner
+        )
+        record.run = capture(self._library)
+        self._register(record, spawned=False)
         background_tasks.add_task(tracked_wrapper(self._run_external, record, func))
-        return TaskHandle(self, record)
+        return TaskHandle(record)
 
     # -- queries ------------------------------------------------------------
 

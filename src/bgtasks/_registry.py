@@ -4,7 +4,9 @@ Records live in one dict by id, in submission order. Finished records are also
 queued in finish order, so the oldest finished one is always at the front and
 retention drops it in O(1): finishing a task and reading the store both prune,
 so the store never holds more than ``max_finished`` finished records (plus the
-active ones) and none older than ``finished_ttl``.
+active ones) and none older than ``finished_ttl``. The clock reading at each
+finish sits beside the queue in an array of doubles: 8 bytes per record, where
+a float object on the record would take 32.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import os
 import re
 import threading
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -34,6 +37,10 @@ _ID_BATCH = 256
 # Ids replaced by reuse leave stale entries in the finish queue; rebuild the
 # queue once they outnumber the live ones by this much (amortized O(1)).
 _STALE_SLACK = 64
+
+# Finish times already dropped from the front of their array are cut off in
+# one go once there are this many and they are at least half of it.
+_TIMES_SLACK = 1024
 
 
 def _random_ids(count: int) -> list[str]:
@@ -61,7 +68,9 @@ class Registry:
 
     __slots__ = (
         "_finished",
+        "_finished_at",
         "_finished_count",
+        "_first_time",
         "_records",
         "_spare_ids",
         "clock",
@@ -79,24 +88,31 @@ class Registry:
         self.clock = clock
         self._records: dict[str, TaskRecord] = {}
         self._finished: deque[TaskRecord] = deque()
+        # _finished_at[_first_time + i]: the clock when _finished[i] ended.
+        self._finished_at = array("d")
+        self._first_time = 0
         self._finished_count = 0
         self._spare_ids: list[str] = []
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def new_id(self) -> str:
-        """Return a random, unguessable id that no record uses.
+    def add_with_new_id(self, record: TaskRecord) -> None:
+        """Give ``record`` a random, unguessable id that no record uses; store it.
 
         22 URL-safe base64 characters from ``os.urandom`` (132 bits, as long
         as ``secrets.token_urlsafe(16)``), made a batch at a time.
         """
+        records = self._records
         while True:
-            if not self._spare_ids:
-                self._spare_ids = _random_ids(_ID_BATCH)
-            task_id = self._spare_ids.pop()
-            if task_id not in self._records:  # pragma: no branch - 2**-128 odds
-                return task_id
+            spare = self._spare_ids
+            if not spare:
+                spare = self._spare_ids = _random_ids(_ID_BATCH)
+            task_id = spare.pop()
+            if task_id not in records:  # pragma: no branch - 2**-128 odds
+                break
+        record.id = task_id
+        records[task_id] = record
 
     def add(self, record: TaskRecord) -> None:
         """Store ``record``; a finished record with the same id is replaced.
@@ -116,10 +132,22 @@ class Registry:
             del self._records[record.id]
             self._finished_count -= 1
             if len(self._finished) > 2 * self._finished_count + _STALE_SLACK:
-                self._finished = deque(
-                    r for r in self._finished if self._records.get(r.id) is r
-                )
+                self._drop_stale()
         self._records[record.id] = record
+
+    def _drop_stale(self) -> None:
+        """Rebuild the finish queue without the records replaced by reused ids."""
+        records = self._records
+        times = self._finished_at
+        first = self._first_time
+        kept = [
+            (record, times[first + i])
+            for i, record in enumerate(self._finished)
+            if records.get(record.id) is record
+        ]
+        self._finished = deque(record for record, _ in kept)
+        self._finished_at = array("d", (at for _, at in kept))
+        self._first_time = 0
 
     def get(self, task_id: str) -> TaskRecord | None:
         """Return the record for ``task_id`` after pruning, or None."""
@@ -131,11 +159,18 @@ class Registry:
         self.prune()
         return self._records.get(record.id) is record
 
-    def finished(self, record: TaskRecord) -> None:
-        """Queue a record that just reached a terminal state, then prune."""
+    def finished(self, record: TaskRecord, now: float) -> None:
+        """Queue a record that just ended at clock time ``now``, then prune."""
         self._finished.append(record)
+        times = self._finished_at
+        times.append(now)
         self._finished_count += 1
-        self.prune(record.finished_mono)
+        ttl = self.ttl
+        # Runs once per task: call prune() only when something is due.
+        if self._finished_count > self.max_finished or (
+            ttl is not None and times[self._first_time] <= now - ttl
+        ):
+            self.prune(now)
 
     def prune(self, now: float | None = None) -> None:
         """Drop finished records beyond the count limit or older than the TTL."""
@@ -143,20 +178,27 @@ class Registry:
         if not queue:
             return
         records = self._records
+        times = self._finished_at
+        first = self._first_time
         ttl = self.ttl
         cutoff = None if ttl is None else (self.clock() if now is None else now) - ttl
         while queue:
             oldest = queue[0]
             if records.get(oldest.id) is not oldest:
-                queue.popleft()  # replaced by a reused id: already counted out
+                pass  # replaced by a reused id: already counted out
             elif self._finished_count > self.max_finished or (
-                cutoff is not None and oldest.finished_mono <= cutoff
+                cutoff is not None and times[first] <= cutoff
             ):
-                queue.popleft()
                 del records[oldest.id]
                 self._finished_count -= 1
             else:
-                return
+                break
+            queue.popleft()
+            first += 1
+        if not queue or (first >= _TIMES_SLACK and 2 * first >= len(times)):
+            del times[:first]
+            first = 0
+        self._first_time = first
 
     def newest(self) -> Iterator[TaskRecord]:
         """Iterate over the records, newest submission first (after pruning)."""

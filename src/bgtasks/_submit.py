@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import inspect
@@ -11,11 +10,12 @@ from collections.abc import Callable
 from types import FunctionType, MethodType
 from typing import Any
 
-from ._records import Call, TaskRecord
+from ._records import SYNC, TaskRecord
 from ._wrap import is_async_callable
 from .exceptions import ManagerNotRunningError
 
 __all__ = [
+    "call_parts",
     "capture",
     "check_int",
     "current_library",
@@ -65,20 +65,27 @@ def describe(func: Callable[..., Any], method: str) -> tuple[str, bool]:
         # A bound method is a new object at every attribute access, and is
         # described exactly as its function, which lasts: cache that instead.
         key = func.__func__
-    try:
-        return _DESCRIPTIONS[key]
-    except (KeyError, TypeError):  # TypeError: unhashable, or takes no weakref
-        return _describe(func, method, key)
+    entry = _DESCRIPTIONS.get(id(key))
+    if entry is not None and entry[0]() is key:
+        return entry[1]
+    return _describe(func, method, key)
 
 
-def capture(
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    is_async: bool,
-    library: str | None,
-) -> Call:
-    """Capture the caller's context with a submission that will start later.
+def call_parts(
+    func: Callable[..., Any], is_async: bool
+) -> tuple[Callable[..., Any], object]:
+    """Return the function a record calls and its ``owner`` (see TaskRecord)."""
+    if not is_async:
+        return func, SYNC
+    if isinstance(func, MethodType):
+        # Keep the method's parts, not the method: one object fewer per
+        # pending task for the garbage collector to walk.
+        return func.__func__, func.__self__
+    return func, None
+
+
+def capture(library: str | None) -> contextvars.Context:
+    """Capture the caller's context for a submission that will start later.
 
     ``library`` is the manager's async library as sniffio names it, given
     for submissions from outside the loop's tasks: anyio blanks sniffio's
@@ -88,7 +95,7 @@ def capture(
     context = contextvars.copy_context()
     if library is not None and context.get(_LIBRARY_VAR) != library:  # type: ignore[arg-type]
         context.run(_LIBRARY_VAR.set, library)  # type: ignore[union-attr]
-    return (func, args, kwargs or None, context, is_async)
+    return context
 
 
 def current_library() -> str | None:
@@ -111,13 +118,20 @@ def _library_var() -> contextvars.ContextVar[str | None] | None:
 _LIBRARY_VAR = _library_var()
 
 
-# Functions are submitted again and again: check each one once. Weak keys: a
+# Functions are submitted again and again: check each one once. Weak: a
 # partial, closure or bound method carries the task's arguments, and a cache
-# must not keep them alive after the task ends. Also cleared when full.
-_DESCRIPTIONS: weakref.WeakKeyDictionary[object, tuple[str, bool]] = (
-    weakref.WeakKeyDictionary()
-)
+# must not keep them alive after the task ends. Keyed by id() and confirmed
+# through the weak reference, because describe() runs on every submission and
+# a plain dict lookup costs a third of a WeakKeyDictionary's. Cleared when full.
+_DESCRIPTIONS: dict[int, tuple[weakref.ref[object], tuple[str, bool]]] = {}
 _DESCRIPTIONS_MAX = 1024
+
+
+def _forget(key_id: int, ref: weakref.ref[object]) -> None:
+    """Drop the cache entry of a function that is gone (its weakref callback)."""
+    entry = _DESCRIPTIONS.get(key_id)
+    if entry is not None and entry[0] is ref:
+        _DESCRIPTIONS.pop(key_id, None)
 
 
 def _describe(func: Callable[..., Any], method: str, key: object) -> tuple[str, bool]:
@@ -141,10 +155,13 @@ def _describe(func: Callable[..., Any], method: str, key: object) -> tuple[str, 
     if not isinstance(name, str):
         name = type(target).__qualname__
     description = (name, is_async_callable(func))
-    with contextlib.suppress(TypeError):  # unhashable or no weakref: not cached
-        if len(_DESCRIPTIONS) >= _DESCRIPTIONS_MAX:
-            _DESCRIPTIONS.clear()
-        _DESCRIPTIONS[key] = description
+    try:
+        ref = weakref.ref(key, functools.partial(_forget, id(key)))
+    except TypeError:  # takes no weak reference: not cached
+        return description
+    if len(_DESCRIPTIONS) >= _DESCRIPTIONS_MAX:
+        _DESCRIPTIONS.clear()
+    _DESCRIPTIONS[id(key)] = (ref, description)
     return description
 
 
