@@ -46,6 +46,21 @@ async def test_oldest_finished_records_go_first() -> None:
     assert manager.get(handles[0].id) is None
 
 
+async def test_finishing_drops_records_in_batches_reads_see_the_limit() -> None:
+    """Over ``max_finished``, finishing drops a batch; every read sees the limit."""
+    async with TaskManager(max_finished=32) as manager:  # batches of 32 // 16 = 2
+        registry = manager._registry
+        for _ in range(34):
+            await manager.spawn(noop).wait(timeout=5)
+        assert len(registry) == 34  # within the batch: nothing dropped yet
+        await manager.spawn(noop).wait(timeout=5)
+        assert len(registry) == 32  # the 35th finish dropped the oldest three
+        for _ in range(2):
+            await manager.spawn(noop).wait(timeout=5)
+        assert len(manager.list()) == 32  # a read prunes to the limit at once
+        assert len(registry) == 32
+
+
 async def test_active_records_are_never_dropped() -> None:
     """Retention counts finished records only: running ones always stay."""
     gate = anyio.Event()

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from contextvars import Context
-from typing import Any, cast
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -124,7 +124,8 @@ class ManagerCore:
         ``context``: the one captured at submission; None when submitted on the
         loop just now, as the task group copies the current context itself.
         """
-        tg = cast("TaskGroup", self._tg)
+        tg = self._tg
+        assert tg is not None  # the callers check; cheaper than cast()
         if self._use_task_handles:
             # The record is the coroutine (see TaskRecord), and anyio's handle
             # wraps it in a cancel scope: reusing that saves a second scope per
@@ -182,10 +183,15 @@ class ManagerCore:
             record.state = _RUNNING
             record.started = started
             info = record.snapshot() if subscribers.any else None
-            func = cast("Callable[..., Any]", record.func)
-            args, kwargs, owner = record.args, record.kwargs, record.owner
+            func, args, kwargs, owner = (
+                record.func,
+                record.args,
+                record.kwargs,
+                record.owner,
+            )
         finally:
             lock.release()
+        assert func is not None  # a PENDING record holds its call
         running_task_var.set(record)
         try:
             if info is not None:

@@ -4,7 +4,9 @@ Records live in one dict by id, in submission order. Finished records are also
 queued in finish order, so the oldest finished one is always at the front and
 retention drops it in O(1): finishing a task and reading the store both prune,
 so the store never holds more than ``max_finished`` finished records (plus the
-active ones) and none older than ``finished_ttl``. The clock reading at each
+active ones) and none older than ``finished_ttl`` when read. Between reads,
+finishing drops records over the count in batches of ``max_finished // 16``,
+so a task's end rarely pays for a pruning pass. The clock reading at each
 finish sits beside the queue in an array of doubles: 8 bytes per record, where
 a float object on the record would take 32.
 """
@@ -76,6 +78,7 @@ class Registry:
         "clock",
         "lock",
         "max_finished",
+        "prune_above",
         "ttl",
     )
 
@@ -84,6 +87,7 @@ class Registry:
     ) -> None:
         self.lock = threading.Lock()
         self.max_finished = max_finished
+        self.prune_above = max_finished + max_finished // 16
         self.ttl = ttl
         self.clock = clock
         self._records: dict[str, TaskRecord] = {}
@@ -166,8 +170,8 @@ class Registry:
         times.append(now)
         self._finished_count += 1
         ttl = self.ttl
-        # Runs once per task: call prune() only when something is due.
-        if self._finished_count > self.max_finished or (
+        # Runs once per task: call prune() only when a batch is due.
+        if self._finished_count > self.prune_above or (
             ttl is not None and times[self._first_time] <= now - ttl
         ):
             self.prune(now)
