@@ -121,6 +121,9 @@ class _Greeter:
     async def greet(self, name: str, *, punctuation: str = ".") -> str:
         return f"{self.greeting}, {name}{punctuation}"
 
+    def greet_sync(self, name: str) -> str:
+        return f"{self.greeting}, {name}."
+
 
 async def test_bound_methods_run_on_their_object() -> None:
     """An async bound method runs on its own object, with args and kwargs."""
@@ -135,7 +138,11 @@ async def test_bound_methods_run_on_their_object() -> None:
 async def test_bound_methods_are_described_once_per_function(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Bound methods, new objects at every access, share their function's entry."""
+    """Bound methods, new objects at every access, share their function's entry.
+
+    ``async def`` functions and methods need no entry at all: their name and
+    kind are read straight off the function.
+    """
     from bgtasks import _submit
 
     monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
@@ -143,6 +150,12 @@ async def test_bound_methods_are_described_once_per_function(
     async with TaskManager() as manager:
         for greeter in greeters:
             await manager.spawn(greeter.greet, "x").wait(timeout=5)
+        assert _submit._DESCRIPTIONS == {}
+        results = [
+            await manager.spawn(greeter.greet_sync, "x").wait(timeout=5)
+            for greeter in greeters
+        ]
+    assert [info.result for info in results] == ["0, x.", "1, x.", "2, x."]
     [(ref, description)] = _submit._DESCRIPTIONS.values()
-    assert ref() is _Greeter.greet
-    assert description == ("_Greeter.greet", True)
+    assert ref() is _Greeter.greet_sync
+    assert description == ("_Greeter.greet_sync", False)

@@ -21,11 +21,10 @@ from ._records import TaskHandle, TaskInfo, TaskRecord, TaskState
 from ._registry import check_task_id
 from ._running import TaskContext, current_task
 from ._submit import (
-    call_parts,
     capture,
     check_int,
     current_library,
-    describe,
+    resolve,
     tracked_wrapper,
 )
 from ._validate import to_seconds
@@ -247,10 +246,9 @@ class TaskManager(RequestTasks):
             TypeError: ``func`` is not a function the manager can run.
             ValueError: ``_task_id`` is malformed.
         """
-        name, is_async = describe(func, "spawn")
+        name, target, owner = resolve(func, "spawn")
         if _task_id is not None:
             check_task_id(_task_id)
-        target, owner = call_parts(func, is_async)
         record = TaskRecord(
             self, _task_id or "", name, time.time(), target, args, kwargs or None, owner
         )
@@ -306,10 +304,9 @@ class TaskManager(RequestTasks):
                 "function: manager.add_task(background_tasks, func, *args), got "
                 f"{type(background_tasks).__name__}."
             )
-        name, is_async = describe(func, "add_task")
+        name, target, owner = resolve(func, "add_task")
         if _task_id is not None:
             check_task_id(_task_id)
-        target, owner = call_parts(func, is_async)
         record = TaskRecord(
             self, _task_id or "", name, time.time(), target, args, kwargs or None, owner
         )

@@ -15,15 +15,17 @@ from ._wrap import is_async_callable
 from .exceptions import ManagerNotRunningError
 
 __all__ = [
-    "call_parts",
     "capture",
     "check_int",
     "current_library",
-    "describe",
     "not_running",
+    "resolve",
     "tracked_wrapper",
     "unwrap",
 ]
+
+
+_CO_COROUTINE = inspect.CO_COROUTINE
 
 
 def tracked_wrapper(
@@ -54,34 +56,42 @@ def unwrap(func: object) -> object:
     return func
 
 
-def describe(func: Callable[..., Any], method: str) -> tuple[str, bool]:
-    """Return a task function's name and whether it is async (cached per function).
+def resolve(
+    func: Callable[..., Any], method: str
+) -> tuple[str, Callable[..., Any], object]:
+    """Return a task's name, the function to call and its ``owner``.
+
+    The owner is as a TaskRecord keeps it: None (await the function), ``SYNC``
+    (call it in a worker thread) or, for an async bound method, the method's
+    object, kept apart from its function so that no bound method object lives
+    per pending task for the garbage collector to walk.
 
     Raises:
         TypeError: not callable, or a generator function.
     """
-    key: object = func
-    if isinstance(func, MethodType) and type(func.__func__) is FunctionType:
-        # A bound method is a new object at every attribute access, and is
-        # described exactly as its function, which lasts: cache that instead.
-        key = func.__func__
+    target: Callable[..., Any] = func
+    owner: object = None
+    if isinstance(func, MethodType):
+        target, owner = func.__func__, func.__self__
+    if type(target) is FunctionType and target.__code__.co_flags & _CO_COROUTINE:
+        # An ``async def`` function or method, the usual task: its name and kind
+        # are right there, which is cheaper than any cache (this runs for
+        # every submission).
+        return target.__qualname__, target, owner
+    name, is_async = _described(func, method, target if owner is not None else func)
+    if not is_async:
+        return name, func, SYNC
+    return name, target, owner
+
+
+def _described(func: Callable[..., Any], method: str, key: object) -> tuple[str, bool]:
+    """Return the name and kind of ``func``, cached under ``key``."""
+    if type(key) is not FunctionType:
+        key = func  # only a plain function describes all its bound methods
     entry = _DESCRIPTIONS.get(id(key))
     if entry is not None and entry[0]() is key:
         return entry[1]
     return _describe(func, method, key)
-
-
-def call_parts(
-    func: Callable[..., Any], is_async: bool
-) -> tuple[Callable[..., Any], object]:
-    """Return the function a record calls and its ``owner`` (see TaskRecord)."""
-    if not is_async:
-        return func, SYNC
-    if isinstance(func, MethodType):
-        # Keep the method's parts, not the method: one object fewer per
-        # pending task for the garbage collector to walk.
-        return func.__func__, func.__self__
-    return func, None
 
 
 def capture(library: str | None) -> contextvars.Context:
