@@ -48,7 +48,8 @@ class TaskManager(RequestTasks):
         max_concurrency: at most this many tasks run at once; the others wait
             as PENDING, in submission order. None: no limit.
         max_finished: how many finished records to keep; the oldest finished
-            ones are dropped first.
+            ones are dropped first (in batches of ``max_finished // 16`` as
+            tasks finish; reads never see more than ``max_finished``).
         finished_ttl: how long (seconds or a timedelta) to keep a finished
             record; None keeps them until ``max_finished`` pushes them out.
         drain_timeout: how long shutdown waits for tasks before cancelling.
