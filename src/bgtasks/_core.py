@@ -28,9 +28,9 @@ from anyio.abc import TaskGroup
 from ._context import running_task_var
 from ._events import Subscribers, TaskEvent
 from ._records import SYNC, Cancellable, TaskInfo, TaskRecord, TaskState, error_of
-from ._registry import Registry
+from ._registry import Registry, check_task_id
 from ._slots import Slots
-from ._submit import not_running
+from ._submit import not_running, resolve
 
 __all__ = ["ManagerCore"]
 
@@ -79,6 +79,28 @@ class ManagerCore:
         )
 
     # -- submission ---------------------------------------------------------
+
+    def _new_record(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str | None,
+        method: str,
+    ) -> TaskRecord:
+        """Check a submission and make its PENDING record (not stored yet).
+
+        Raises:
+            TypeError: ``func`` is not a function the manager can run.
+            ValueError: ``task_id`` is malformed.
+        """
+        name, target, owner = resolve(func, method)
+        if task_id is not None:
+            check_task_id(task_id)
+        # An empty id has _register draw a random one.
+        return TaskRecord(
+            self, task_id or "", name, time.time(), target, args, kwargs or None, owner
+        )
 
     def _register(self, record: TaskRecord, *, spawned: bool) -> bool:
         """Store a new PENDING record; tell sync subscribers.

@@ -17,14 +17,12 @@ from typing_extensions import Self
 
 from ._events import Subscriber
 from ._external import RequestTasks
-from ._records import TaskHandle, TaskInfo, TaskRecord, TaskState
-from ._registry import check_task_id
+from ._records import TaskHandle, TaskInfo, TaskState
 from ._running import TaskContext, current_task
 from ._submit import (
     capture,
     check_int,
     current_library,
-    resolve,
     tracked_wrapper,
 )
 from ._validate import to_seconds
@@ -247,12 +245,7 @@ class TaskManager(RequestTasks):
             TypeError: ``func`` is not a function the manager can run.
             ValueError: ``_task_id`` is malformed.
         """
-        name, target, owner = resolve(func, "spawn")
-        if _task_id is not None:
-            check_task_id(_task_id)
-        record = TaskRecord(
-            self, _task_id or "", name, time.time(), target, args, kwargs or None, owner
-        )
+        record = self._new_record(func, args, kwargs, _task_id, "spawn")
         if threading.get_ident() != self._loop_thread:
             record.run = capture(self._library)
             if self._register(record, spawned=True):
@@ -305,12 +298,7 @@ class TaskManager(RequestTasks):
                 "function: manager.add_task(background_tasks, func, *args), got "
                 f"{type(background_tasks).__name__}."
             )
-        name, target, owner = resolve(func, "add_task")
-        if _task_id is not None:
-            check_task_id(_task_id)
-        record = TaskRecord(
-            self, _task_id or "", name, time.time(), target, args, kwargs or None, owner
-        )
+        record = self._new_record(func, args, kwargs, _task_id, "add_task")
         record.run = capture(self._library)
         self._register(record, spawned=False)
         background_tasks.add_task(tracked_wrapper(self._run_external, record, func))

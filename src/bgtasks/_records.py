@@ -207,7 +207,7 @@ class Cancellable(Protocol):
 
 
 # The ``owner`` of a call that runs in a worker thread (see TaskRecord).
-SYNC: Any = object()
+SYNC: object = object()
 
 
 class TaskRecord(collections.abc.Coroutine[Any, Any, object]):

@@ -78,20 +78,18 @@ def resolve(
         # are right there, which is cheaper than any cache (this runs for
         # every submission).
         return target.__qualname__, target, owner
-    name, is_async = _described(func, method, target if owner is not None else func)
+    # A bound method is a new object at every access and is described exactly
+    # as its function, which lasts: cache that instead.
+    key = target if type(target) is FunctionType else func
+    entry = _DESCRIPTIONS.get(id(key))
+    name, is_async = (
+        entry[1]
+        if entry is not None and entry[0]() is key
+        else _describe(func, method, key)
+    )
     if not is_async:
         return name, func, SYNC
     return name, target, owner
-
-
-def _described(func: Callable[..., Any], method: str, key: object) -> tuple[str, bool]:
-    """Return the name and kind of ``func``, cached under ``key``."""
-    if type(key) is not FunctionType:
-        key = func  # only a plain function describes all its bound methods
-    entry = _DESCRIPTIONS.get(id(key))
-    if entry is not None and entry[0]() is key:
-        return entry[1]
-    return _describe(func, method, key)
 
 
 def capture(library: str | None) -> contextvars.Context:
@@ -131,8 +129,9 @@ _LIBRARY_VAR = _library_var()
 # Functions are submitted again and again: check each one once. Weak: a
 # partial, closure or bound method carries the task's arguments, and a cache
 # must not keep them alive after the task ends. Keyed by id() and confirmed
-# through the weak reference, because describe() runs on every submission and
-# a plain dict lookup costs a third of a WeakKeyDictionary's. Cleared when full.
+# through the weak reference: resolve() runs on every submission (of anything
+# but an async def) and a plain dict lookup costs a third of a
+# WeakKeyDictionary's. Cleared when full.
 _DESCRIPTIONS: dict[int, tuple[weakref.ref[object], tuple[str, bool]]] = {}
 _DESCRIPTIONS_MAX = 1024
 
