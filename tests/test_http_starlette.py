@@ -237,6 +237,9 @@ def test_list_newest_first_with_filter_and_limit(client: TestClient) -> None:
         ("limit=abc", "limit must be an integer from 1 to 100"),
         ("limit=%C2%B2", "limit must be an integer from 1 to 100"),
         ("limit=1e3", "limit must be an integer from 1 to 100"),
+        # int() would refuse this with CPython's own message about digits.
+        ("limit=" + "9" * 5000, "limit must be an integer from 1 to 100"),
+        ("limit=" + "0" * 4999 + "1", "limit must be an integer from 1 to 100"),
     ],
 )
 def test_bad_query_parameters_are_422(
@@ -249,9 +252,18 @@ def test_bad_query_parameters_are_422(
 
 
 def test_unsupported_method_is_405(client: TestClient) -> None:
-    """Methods other than GET and DELETE are refused by the router."""
-    assert client.put("/tasks/abc").status_code == 405
-    assert client.delete("/tasks/").status_code == 405
+    """Other methods get a JSON 405 in bgtasks' words, with the Allow header."""
+    for method, path, allow in [
+        ("PUT", "/tasks/abc", "DELETE, GET, HEAD"),
+        ("POST", "/tasks/abc", "DELETE, GET, HEAD"),
+        ("DELETE", "/tasks/", "GET, HEAD"),
+        ("PATCH", "/tasks/", "GET, HEAD"),
+    ]:
+        response = client.request(method, path)
+        assert response.status_code == 405
+        assert response.json() == {"detail": "method not allowed"}
+        assert allow == response.headers["allow"]
+        assert response.headers["cache-control"] == "no-store"
 
 
 def test_cancel_running_task_then_conflict(client: TestClient) -> None:

@@ -8,15 +8,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Optional
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, params
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, params
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from ._http import TaskEndpoints
+from ._http import TaskEndpoints, check_manager
 from ._lifespan import manager_from_app
 from ._manager import TaskManager
 from ._records import TaskState
-from ._routes import check_manager
+from ._registry import TASK_ID_PATTERN
 from ._tracked import TrackedBackgroundTasks
 
 __all__ = [
@@ -84,6 +84,40 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
+# The routes read their parameters themselves (see task_router), so OpenAPI
+# learns about them from here.
+_TASK_ID_PARAMETER: dict[str, Any] = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": TASK_ID_PATTERN.pattern},
+}
+
+
+def _list_parameters(max_page_size: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "state",
+            "in": "query",
+            "required": False,
+            "description": "Only tasks in this state.",
+            "schema": {"type": "string", "enum": [s.value for s in TaskState]},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "Page size.",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": max_page_size,
+                "default": max_page_size,
+            },
+        },
+    ]
+
+
 def task_router(
     manager: TaskManager,
     *,
@@ -119,7 +153,8 @@ def task_router(
         ValueError: ``max_page_size`` is below 1.
     """
     endpoints = TaskEndpoints(
-        check_manager(manager, "task_router"),
+        manager,
+        factory="task_router",
         max_page_size=max_page_size,
         expose_error_messages=expose_error_messages,
     )
@@ -129,33 +164,28 @@ def task_router(
         dependencies=list(dependencies or ()),
         include_in_schema=include_in_schema,
     )
-    page_size = endpoints.max_page_size
 
-    async def list_tasks(
-        state: Annotated[
-            Optional[TaskState],  # noqa: UP045 - see TaskErrorModel
-            Query(description="Only tasks in this state."),
-        ] = None,
-        limit: Annotated[
-            int, Query(ge=1, le=page_size, description="Page size.")
-        ] = page_size,
-    ) -> Response:
-        return endpoints.list_tasks(state, limit)
+    # The endpoints take the raw request and validate it themselves, so a bad
+    # value gets bgtasks' fixed wording, not FastAPI's echo of the input.
+    async def list_tasks(request: Request) -> Response:
+        return endpoints.list_tasks(request.query_params)
 
-    async def get_task(task_id: str) -> Response:
-        return endpoints.get_task(task_id)
+    async def get_task(request: Request) -> Response:
+        return endpoints.get_task(request.path_params["task_id"])
 
-    async def cancel_task(task_id: str) -> Response:
-        return await endpoints.cancel_task(task_id)
+    async def cancel_task(request: Request) -> Response:
+        return await endpoints.cancel_task(request.path_params["task_id"])
 
     router.add_api_route(
         "" if prefix else "/",
         list_tasks,
         methods=["GET"],
         response_model=TaskListModel,
+        responses={422: {"model": ErrorDetailModel, "description": "Bad parameter."}},
         summary="List background tasks",
         description="Newest first, at most `limit` of them.",
         name="bgtasks_list_tasks",
+        openapi_extra={"parameters": _list_parameters(endpoints.max_page_size)},
     )
     router.add_api_route(
         "/{task_id}",
@@ -164,6 +194,7 @@ def task_router(
         response_model=TaskInfoModel,
         responses=_NOT_FOUND,
         summary="Get a background task's status",
+        openapi_extra={"parameters": [_TASK_ID_PARAMETER]},
         name="bgtasks_get_task",
     )
     router.add_api_route(
@@ -177,6 +208,7 @@ def task_router(
             409: {"model": CancelConflictModel, "description": "Already finished."},
         },
         summary="Request a background task's cancellation",
+        openapi_extra={"parameters": [_TASK_ID_PARAMETER]},
         description=(
             "Async tasks are cancelled at once; sync tasks stop at their next "
             "`bgtasks.checkpoint()`. Poll the task until its state is final."
