@@ -180,6 +180,21 @@ def test_bad_query_gets_bgtasks_wording_not_pydantics(
     assert response.headers["cache-control"] == "no-store"
 
 
+def test_list_pages_with_cursor_and_bad_cursor(client: TestClient) -> None:
+    """The FastAPI router pages with next/cursor and answers 400 to a bad cursor."""
+    client.post("/double/1")  # three tracked tasks
+    first = client.get("/tasks?limit=2").json()
+    assert first["has_more"] is True
+    second = client.get("/tasks", params={"limit": 2, "cursor": first["next"]}).json()
+    assert second["next"] is None
+    ids = [t["id"] for t in first["tasks"] + second["tasks"]]
+    assert [t["id"] for t in client.get("/tasks").json()["tasks"]] == ids
+    response = client.get("/tasks?cursor=<script>")
+    assert response.status_code == 400
+    assert "script" not in response.text
+    assert response.json()["detail"].startswith("cursor is not valid here")
+
+
 def test_other_errors_carry_no_request_text(client: TestClient) -> None:
     """404s and the app's 405 carry fixed text only, never the path given."""
     for method in ("GET", "DELETE"):
@@ -233,7 +248,11 @@ def test_router_without_prefix(backend: Backend) -> None:
     app = FastAPI(lifespan=lifespan(manager))
     app.include_router(task_router(manager, prefix=""), prefix="/jobs")
     with TestClient(app, backend=backend) as client:
-        assert client.get("/jobs/").json() == {"tasks": [], "has_more": False}
+        assert client.get("/jobs/").json() == {
+            "tasks": [],
+            "has_more": False,
+            "next": None,
+        }
 
 
 def test_explicit_manager_in_the_apps_own_lifespan(backend: Backend) -> None:

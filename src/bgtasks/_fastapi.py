@@ -65,6 +65,12 @@ class TaskListModel(BaseModel):
 
     tasks: list[TaskInfoModel]
     has_more: bool = Field(description="More tasks match than this page holds.")
+    next: Optional[str] = Field(  # noqa: UP045 - see TaskErrorModel
+        description=(
+            "The cursor of the next page: pass it back as `cursor`, with the "
+            "same `state`. null on the last page."
+        )
+    )
 
 
 class ErrorDetailModel(BaseModel):
@@ -114,6 +120,16 @@ def _list_parameters(max_page_size: int) -> list[dict[str, Any]]:
                 "maximum": max_page_size,
                 "default": max_page_size,
             },
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": (
+                "Where the page starts: the `next` of the previous page. "
+                "Opaque; 400 if it is not one this server gave."
+            ),
+            "schema": {"type": "string"},
         },
     ]
 
@@ -181,7 +197,10 @@ def task_router(
         list_tasks,
         methods=["GET"],
         response_model=TaskListModel,
-        responses={422: {"model": ErrorDetailModel, "description": "Bad parameter."}},
+        responses={
+            400: {"model": ErrorDetailModel, "description": "Invalid cursor."},
+            422: {"model": ErrorDetailModel, "description": "Bad state or limit."},
+        },
         summary="List background tasks",
         description="Newest first, at most `limit` of them.",
         name="bgtasks_list_tasks",

@@ -37,6 +37,7 @@ BAD_LIMIT = "limit must be an integer from 1 to {max_page_size}"
 NOT_FOUND = "task not found"
 ALREADY_FINISHED = "task already finished"
 METHOD_NOT_ALLOWED = "method not allowed"
+BAD_CURSOR = "cursor is not valid here: use the next value of an earlier page, or none"
 _LIMIT_DIGITS = 18
 # Status polls must always reach the server, never a cache.
 _HEADERS = {"Cache-Control": "no-store"}
@@ -159,17 +160,27 @@ class TaskEndpoints:
         )
 
     def list_tasks(self, query: Mapping[str, str]) -> JSONResponse:
-        """200 with a page of tasks, newest first; 422 for a bad parameter."""
+        """200 with a page of tasks, newest first; 422 or 400 for a bad parameter.
+
+        ``next`` is the cursor of the next page (None on the last one): the
+        client sends it back as ``?cursor=``, with the same ``state``.
+        """
         state = _parse_state(query.get("state"))
         if state is False:
             return _error(422, BAD_STATE)
         limit = _parse_limit(query.get("limit"), self.max_page_size)
         if limit is None:
             return _error(422, self.bad_limit)
-        infos = self.manager.list(state=state, limit=limit + 1)
+        try:
+            page = self.manager.list(
+                state=state, limit=limit, after=query.get("cursor")
+            )
+        except ValueError:  # state and limit are valid: it is the cursor
+            return _error(400, BAD_CURSOR)
         body = {
-            "tasks": [self.task_body(info) for info in infos[:limit]],
-            "has_more": len(infos) > limit,
+            "tasks": [self.task_body(info) for info in page],
+            "has_more": page.next_cursor is not None,
+            "next": page.next_cursor,
         }
         return _JSON(body, headers=_HEADERS)
 
