@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: FastAPI must resolve closures' annotations.
 
 import importlib
+import re
 import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -11,14 +12,17 @@ from typing import Annotated, Any, Literal
 
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, HTTPException
+from pydantic import BaseModel
 
 from bgtasks import TaskManager, TaskState
+from bgtasks._registry import TASK_ID_PATTERN
 from bgtasks.exceptions import ManagerNotRunningError
 from bgtasks.fastapi import (
     TrackedBackgroundTasks,
     TrackedTasks,
     lifespan,
     task_router,
+    task_tag,
     tracked_tasks,
 )
 
@@ -212,15 +216,102 @@ def test_openapi_lists_the_task_routes(client: TestClient) -> None:
     assert {"get"} == set(paths["/tasks"])
     assert {"get", "delete"} == set(paths["/tasks/{task_id}"])
     delete = paths["/tasks/{task_id}"]["delete"]
-    assert {"202", "404", "409"} <= set(delete["responses"])
+    assert {"202", "404", "409"} == set(delete["responses"])
     assert delete["tags"] == ["tasks"]
     ok = delete["responses"]["202"]["content"]["application/json"]["schema"]
-    assert ok["$ref"] == "#/components/schemas/TaskInfoModel"
+    assert ok["$ref"] == "#/components/schemas/BgtasksTaskInfo"
     listing = paths["/tasks"]["get"]
     limit = next(p for p in listing["parameters"] if p["name"] == "limit")
     assert limit["schema"]["maximum"] == 100
-    states = schema["components"]["schemas"]["TaskState"]["enum"]
-    assert [s.value for s in TaskState] == states
+    state = next(p for p in listing["parameters"] if p["name"] == "state")
+    assert [s.value for s in TaskState] == state["schema"]["enum"]
+
+
+class TaskInfo(BaseModel):
+    """An app's own model named like bgtasks' concept."""
+
+    title: str
+
+
+class ErrorDetail(BaseModel):
+    """Another name an app may well use."""
+
+    reason: str
+
+
+def openapi_of(**app_options: Any) -> dict[str, Any]:
+    """The schema of an app with its own TaskInfo route and the task router."""
+    manager = TaskManager()
+    app = FastAPI(**app_options)
+
+    @app.get("/mine", responses={418: {"model": ErrorDetail}})
+    def mine(state: TaskState) -> TaskInfo:
+        return TaskInfo(title=state.value)
+
+    app.include_router(task_router(manager))
+    return app.openapi()
+
+
+def test_openapi_schema_of_the_router() -> None:
+    """OpenAPI: no 422 where none can come, task_id's pattern, ids, header, names."""
+    schema = openapi_of(openapi_tags=[task_tag()])
+    operations = {
+        (path, method): operation
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if path.startswith("/tasks")
+    }
+    assert {key: op["operationId"] for key, op in operations.items()} == {
+        ("/tasks", "get"): "bgtasks_list_tasks",
+        ("/tasks/{task_id}", "get"): "bgtasks_get_task",
+        ("/tasks/{task_id}", "delete"): "bgtasks_cancel_task",
+    }
+    # Only the list validates input, and it answers in bgtasks' own model.
+    assert {"200", "400", "422"} == set(operations["/tasks", "get"]["responses"])
+    bad = operations["/tasks", "get"]["responses"]["422"]["content"]
+    assert bad["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BgtasksErrorDetail"
+    }
+    assert {"200", "404"} == set(operations["/tasks/{task_id}", "get"]["responses"])
+    for operation in operations.values():
+        for answer in operation["responses"].values():
+            assert answer["headers"]["Cache-Control"]["schema"]["enum"] == ["no-store"]
+    for key in [("/tasks/{task_id}", "get"), ("/tasks/{task_id}", "delete")]:
+        (task_id,) = operations[key]["parameters"]
+        assert (task_id["name"], task_id["in"]) == ("task_id", "path")
+        pattern = task_id["schema"]["pattern"]
+        assert f"^{TASK_ID_PATTERN.pattern}$" == pattern
+        assert re.search(pattern, "a" * 128)
+        assert not re.search(pattern, "ok/../" + "a" * 129)
+    assert schema["tags"] == [{"name": "tasks", "description": TAG_TEXT}]
+
+
+TAG_TEXT = (
+    "Status, progress and cancellation of the app's background tasks "
+    "(bgtasks). Every answer has `Cache-Control: no-store`."
+)
+
+
+def test_openapi_component_names_do_not_clash_with_the_apps() -> None:
+    """The router's components are Bgtasks*, beside an app's own TaskInfo models."""
+    components = openapi_of()["components"]["schemas"]
+    ours = {name for name in components if name.startswith("Bgtasks")}
+    assert {
+        "BgtasksCancelConflict",
+        "BgtasksErrorDetail",
+        "BgtasksTaskError",
+        "BgtasksTaskInfo",
+        "BgtasksTaskList",
+    } == ours
+    assert {"properties": {"title"}} == {
+        "properties": set(components["TaskInfo"]["properties"])
+    }
+    assert {"reason"} == set(components["ErrorDetail"]["properties"])
+    # The state enum is inline in bgtasks' models, so the app's TaskState is its own.
+    assert "TaskState" in components
+    assert "$ref" not in components["BgtasksTaskInfo"]["properties"]["state"]
+    for name in ours:
+        assert name == components[name]["title"]
 
 
 def test_dependencies_protect_the_routes(backend: Backend) -> None:

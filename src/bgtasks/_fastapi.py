@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, params
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.responses import Response
 
 from ._http import TaskEndpoints, check_manager
@@ -27,13 +27,25 @@ __all__ = [
     "TaskListModel",
     "TrackedTasks",
     "task_router",
+    "task_tag",
     "tracked_tasks",
 ]
+
+# Inline in each model rather than a "TaskState" component of the app's schema.
+_State = Annotated[
+    TaskState,
+    WithJsonSchema({"type": "string", "enum": [state.value for state in TaskState]}),
+]
+
+# Each model's OpenAPI component is named Bgtasks...: pydantic names components
+# after __qualname__, and an app's own "TaskInfo" or "ErrorDetail" must not clash.
 
 
 class TaskErrorModel(BaseModel):
     """Why a task failed: the exception type, and its message only if exposed."""
 
+    __qualname__ = "BgtasksTaskError"
+    model_config = ConfigDict(title="BgtasksTaskError")
     type: str = Field(description="The exception type's qualified name.")
     message: Optional[str] = Field(  # noqa: UP045 - pydantic evaluates it on 3.10 too
         default=None, description="str(exception), only with expose_error_messages."
@@ -43,9 +55,12 @@ class TaskErrorModel(BaseModel):
 class TaskInfoModel(BaseModel):
     """A task's status snapshot, as ``TaskInfo.to_dict()`` gives it."""
 
+    __qualname__ = "BgtasksTaskInfo"
+    model_config = ConfigDict(title="BgtasksTaskInfo")
+
     id: str
     name: str = Field(description="The task function's qualified name.")
-    state: TaskState
+    state: _State
     created_at: datetime
     started_at: Optional[datetime]  # noqa: UP045 - see TaskErrorModel
     finished_at: Optional[datetime]  # noqa: UP045 - see TaskErrorModel
@@ -63,6 +78,8 @@ class TaskInfoModel(BaseModel):
 class TaskListModel(BaseModel):
     """One page of tasks, newest first."""
 
+    __qualname__ = "BgtasksTaskList"
+    model_config = ConfigDict(title="BgtasksTaskList")
     tasks: list[TaskInfoModel]
     has_more: bool = Field(description="More tasks match than this page holds.")
     next: Optional[str] = Field(  # noqa: UP045 - see TaskErrorModel
@@ -74,20 +91,51 @@ class TaskListModel(BaseModel):
 
 
 class ErrorDetailModel(BaseModel):
-    """An error answer: what went wrong, never a traceback."""
+    """An error answer: what went wrong in bgtasks' fixed words, never a traceback."""
 
+    __qualname__ = "BgtasksErrorDetail"
+    model_config = ConfigDict(title="BgtasksErrorDetail")
     detail: str
 
 
 class CancelConflictModel(ErrorDetailModel):
     """409: the task had already finished, in this state."""
 
-    state: TaskState
+    __qualname__ = "BgtasksCancelConflict"
+    model_config = ConfigDict(title="BgtasksCancelConflict")
+
+    state: _State
 
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorDetailModel, "description": "Unknown or malformed task id."}
+_TAG_DESCRIPTION = (
+    "Status, progress and cancellation of the app's background tasks "
+    "(bgtasks). Every answer has `Cache-Control: no-store`."
+)
+
+# Every answer of the routes carries it, errors included.
+_NO_STORE = {
+    "Cache-Control": {
+        "description": "Always `no-store`: a status is never served from a cache.",
+        "schema": {"type": "string", "enum": ["no-store"]},
+    }
 }
+
+
+def _responses(
+    *extra: tuple[int, type[BaseModel], str], ok: int = 200
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses: the success code and ``extra`` errors, all no-store."""
+    answers: dict[int | str, dict[str, Any]] = {ok: {"headers": _NO_STORE}}
+    for code, model, description in extra:
+        answers[code] = {
+            "model": model,
+            "description": description,
+            "headers": _NO_STORE,
+        }
+    return answers
+
+
+_NOT_FOUND = (404, ErrorDetailModel, "Unknown or malformed task id.")
 
 
 # The routes read their parameters themselves (see task_router), so OpenAPI
@@ -96,7 +144,9 @@ _TASK_ID_PARAMETER: dict[str, Any] = {
     "name": "task_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": TASK_ID_PATTERN.pattern},
+    "description": "The id that spawn() or add_task() gave the task.",
+    # JSON Schema patterns match anywhere: anchor it to the whole id.
+    "schema": {"type": "string", "pattern": f"^{TASK_ID_PATTERN.pattern}$"},
 }
 
 
@@ -158,7 +208,8 @@ def task_router(
         dependencies: run before every route, e.g. ``[Depends(require_admin)]``:
             task ids are unguessable, but who may list and cancel tasks is the
             application's decision.
-        tags: OpenAPI tags of the routes.
+        tags: OpenAPI tags of the routes; describe them in the app with
+            ``FastAPI(openapi_tags=[task_tag()])``.
         max_page_size: the most tasks one ``GET`` of the list returns.
         expose_error_messages: put failed tasks' exception messages in the
             bodies (default: the exception type only). Tracebacks never are.
@@ -197,10 +248,11 @@ def task_router(
         list_tasks,
         methods=["GET"],
         response_model=TaskListModel,
-        responses={
-            400: {"model": ErrorDetailModel, "description": "Invalid cursor."},
-            422: {"model": ErrorDetailModel, "description": "Bad state or limit."},
-        },
+        responses=_responses(
+            (400, ErrorDetailModel, "Not a cursor this server gave."),
+            (422, ErrorDetailModel, "A state or limit out of range."),
+        ),
+        operation_id="bgtasks_list_tasks",
         summary="List background tasks",
         description="Newest first, at most `limit` of them.",
         name="bgtasks_list_tasks",
@@ -211,7 +263,8 @@ def task_router(
         get_task,
         methods=["GET"],
         response_model=TaskInfoModel,
-        responses=_NOT_FOUND,
+        responses=_responses(_NOT_FOUND),
+        operation_id="bgtasks_get_task",
         summary="Get a background task's status",
         openapi_extra={"parameters": [_TASK_ID_PARAMETER]},
         name="bgtasks_get_task",
@@ -222,10 +275,12 @@ def task_router(
         methods=["DELETE"],
         status_code=202,
         response_model=TaskInfoModel,
-        responses={
-            **_NOT_FOUND,
-            409: {"model": CancelConflictModel, "description": "Already finished."},
-        },
+        responses=_responses(
+            _NOT_FOUND,
+            (409, CancelConflictModel, "Already finished."),
+            ok=202,
+        ),
+        operation_id="bgtasks_cancel_task",
         summary="Request a background task's cancellation",
         openapi_extra={"parameters": [_TASK_ID_PARAMETER]},
         description=(
@@ -235,6 +290,18 @@ def task_router(
         name="bgtasks_cancel_task",
     )
     return router
+
+
+def task_tag(name: str = "tasks") -> dict[str, str]:
+    """Describe the routes' OpenAPI tag, for ``FastAPI(openapi_tags=[...])``.
+
+    A router cannot add to the app's list of tags, so the description goes in
+    where the app lists its own: ``FastAPI(openapi_tags=[task_tag()])``.
+
+    Args:
+        name: the tag given to :func:`task_router` as ``tags``.
+    """
+    return {"name": name, "description": _TAG_DESCRIPTION}
 
 
 def tracked_tasks(

@@ -13,7 +13,7 @@ from starlette.routing import Mount, Router
 from typing_extensions import assert_type
 
 from bgtasks import TaskHandle, TaskInfo, TaskList, TaskManager
-from bgtasks.fastapi import TrackedTasks, task_router, tracked_tasks
+from bgtasks.fastapi import TrackedTasks, task_router, task_tag, tracked_tasks
 from bgtasks.starlette import TrackedBackgroundTasks, lifespan
 from bgtasks.starlette import task_router as starlette_task_router
 
@@ -28,6 +28,8 @@ starlette_app = Starlette(
     routes=[Mount("/tasks", app=starlette_task_router(manager))],
 )
 fastapi_app = FastAPI(lifespan=lifespan(manager))
+assert_type(task_tag(), dict[str, str])
+FastAPI(openapi_tags=[task_tag("jobs")])
 
 
 @asynccontextmanager
