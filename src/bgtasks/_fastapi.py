@@ -254,7 +254,10 @@ def task_router(
         ),
         operation_id="bgtasks_list_tasks",
         summary="List background tasks",
-        description="Newest first, at most `limit` of them.",
+        description=(
+            "Newest first, at most `limit` of them. For the next page, pass "
+            "the answer's `next` as `cursor`, with the same `state`."
+        ),
         name="bgtasks_list_tasks",
         openapi_extra={"parameters": _list_parameters(endpoints.max_page_size)},
     )

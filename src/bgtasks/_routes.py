@@ -36,9 +36,10 @@ def task_router(
 
     Mount it at any prefix: ``Mount("/tasks", app=task_router(manager))``.
 
-    - ``GET /``: 200 ``{"tasks": [...], "has_more": bool}``, newest first;
-      ``?state=`` filters, ``?limit=`` from 1 to ``max_page_size`` (the
-      default); 422 for a bad value.
+    - ``GET /``: 200 ``{"tasks": [...], "has_more": bool, "next": cursor}``,
+      newest first; ``?state=`` filters, ``?limit=`` from 1 to
+      ``max_page_size`` (the default), 422 for a bad value; ``?cursor=`` the
+      ``next`` of the previous page (null on the last), 400 for a bad one.
     - ``GET /{task_id}``: 200 with the task's JSON; 404 for an unknown or
       malformed id.
     - ``DELETE /{task_id}``: 202 cancel requested (body: the task); 404
