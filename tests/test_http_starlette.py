@@ -231,6 +231,8 @@ def test_list_newest_first_with_filter_and_limit(client: TestClient) -> None:
     [
         ("state=done", f"state must be one of: {', '.join(STATES)}"),
         ("state=", f"state must be one of: {', '.join(STATES)}"),
+        ("state=%FF", f"state must be one of: {', '.join(STATES)}"),
+        ("limit=%FF", "limit must be an integer from 1 to 100"),
         ("limit=0", "limit must be an integer from 1 to 100"),
         ("limit=101", "limit must be an integer from 1 to 100"),
         ("limit=-1", "limit must be an integer from 1 to 100"),
