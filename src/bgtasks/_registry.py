@@ -52,7 +52,6 @@ _STALE_SLACK = 64
 # one go once there are this many and they are at least half of it.
 _TIMES_SLACK = 1024
 
-
 # Records dropped from the dict but still in the paging order: rebuild the
 # order once they are more than 1/8 of the live records plus this slack.
 _ORDER_SLACK = 64
@@ -165,7 +164,8 @@ class Registry:
             self._order_stale += 1
             if len(self._finished) > 2 * self._finished_count + _STALE_SLACK:
                 self._drop_stale()
-            self._compact_order_if_due()
+            if self._order_stale > (len(self._records) >> 3) + _ORDER_SLACK:
+                self._compact_order()
         self._records[record.id] = record
         self._order.append(record)
         self._seqs.append(next(self._sequence))
@@ -235,13 +235,12 @@ class Registry:
             del times[:first]
             first = 0
         self._first_time = first
-        self._compact_order_if_due()
+        if self._order_stale > (len(records) >> 3) + _ORDER_SLACK:
+            self._compact_order()
 
-    def _compact_order_if_due(self) -> None:
-        """Rebuild the paging order without dropped records once they pile up."""
+    def _compact_order(self) -> None:
+        """Rebuild the paging order without the records dropped from the dict."""
         records = self._records
-        if self._order_stale <= (len(records) >> 3) + _ORDER_SLACK:
-            return
         seqs = self._seqs
         kept = [
             (record, seqs[i])
