@@ -96,6 +96,22 @@ async def test_paging_is_exact_while_tasks_come_and_go() -> None:
     assert len(seen) < len(initial)  # some were pruned before their page
 
 
+async def test_a_cursor_survives_rebuilding_the_paging_order() -> None:
+    """After hundreds of tasks are pruned between two pages, paging resumes exactly."""
+    gate = anyio.Event()
+    async with TaskManager(max_finished=10) as manager:
+        running = [manager.spawn(gate.wait).id for _ in range(5)]
+        for _ in range(10):
+            await manager.spawn(noop).wait(timeout=5)
+        first = manager.list(limit=3)
+        for _ in range(300):  # prunes every finished task older than the page
+            await manager.spawn(noop).wait(timeout=5)
+        assert len(manager._registry._order) < 300  # the order was rebuilt
+        rest = manager.list(after=first.next_cursor)
+        gate.set()
+    assert running[::-1] == [info.id for info in rest]
+
+
 async def test_a_reused_id_moves_to_the_top_and_is_not_listed_twice() -> None:
     """Resubmitting a finished task's id puts it first; later pages skip it."""
     async with TaskManager() as manager:
