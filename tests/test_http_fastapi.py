@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: FastAPI must resolve closures' annotations.
 
 import importlib
+import re
 import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -11,14 +12,17 @@ from typing import Annotated, Any, Literal
 
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, HTTPException
+from pydantic import BaseModel
 
 from bgtasks import TaskManager, TaskState
+from bgtasks._registry import TASK_ID_PATTERN
 from bgtasks.exceptions import ManagerNotRunningError
 from bgtasks.fastapi import (
     TrackedBackgroundTasks,
     TrackedTasks,
     lifespan,
     task_router,
+    task_tag,
     tracked_tasks,
 )
 
@@ -154,6 +158,57 @@ def test_status_codes(client: TestClient) -> None:
         assert client.get(f"/tasks?{query}").status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        (
+            "state=done",
+            "state must be one of: " + ", ".join(s.value for s in TaskState),
+        ),
+        (
+            "state=%3Cscript%3E",
+            "state must be one of: " + ", ".join(s.value for s in TaskState),
+        ),
+        ("limit=0", "limit must be an integer from 1 to 100"),
+        ("limit=secret-token", "limit must be an integer from 1 to 100"),
+        ("limit=" + "9" * 5000, "limit must be an integer from 1 to 100"),
+    ],
+)
+def test_bad_query_gets_bgtasks_wording_not_pydantics(
+    client: TestClient, query: str, detail: str
+) -> None:
+    """The router validates its own query: a fixed detail, no echo of the input."""
+    response = client.get(f"/tasks?{query}")
+    assert response.status_code == 422
+    assert {"detail": detail} == response.json()
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_list_pages_with_cursor_and_bad_cursor(client: TestClient) -> None:
+    """The FastAPI router pages with next/cursor and answers 400 to a bad cursor."""
+    client.post("/double/1")  # three tracked tasks
+    first = client.get("/tasks?limit=2").json()
+    assert first["has_more"] is True
+    second = client.get("/tasks", params={"limit": 2, "cursor": first["next"]}).json()
+    assert second["next"] is None
+    ids = [t["id"] for t in first["tasks"] + second["tasks"]]
+    assert [t["id"] for t in client.get("/tasks").json()["tasks"]] == ids
+    response = client.get("/tasks?cursor=<script>")
+    assert response.status_code == 400
+    assert "script" not in response.text
+    assert response.json()["detail"].startswith("cursor is not valid here")
+
+
+def test_other_errors_carry_no_request_text(client: TestClient) -> None:
+    """404s and the app's 405 carry fixed text only, never the path given."""
+    for method in ("GET", "DELETE"):
+        response = client.request(method, "/tasks/%3Cscript%3E")
+        assert response.json() == {"detail": "task not found"}
+    response = client.put("/tasks/secret-id")
+    assert response.status_code == 405
+    assert "secret" not in response.text
+
+
 def test_openapi_lists_the_task_routes(client: TestClient) -> None:
     """The routes appear in OpenAPI with their models and error responses."""
     schema = client.get("/openapi.json").json()
@@ -161,15 +216,102 @@ def test_openapi_lists_the_task_routes(client: TestClient) -> None:
     assert {"get"} == set(paths["/tasks"])
     assert {"get", "delete"} == set(paths["/tasks/{task_id}"])
     delete = paths["/tasks/{task_id}"]["delete"]
-    assert {"202", "404", "409", "422"} <= set(delete["responses"])
+    assert {"202", "404", "409"} == set(delete["responses"])
     assert delete["tags"] == ["tasks"]
     ok = delete["responses"]["202"]["content"]["application/json"]["schema"]
-    assert ok["$ref"] == "#/components/schemas/TaskInfoModel"
+    assert ok["$ref"] == "#/components/schemas/BgtasksTaskInfo"
     listing = paths["/tasks"]["get"]
     limit = next(p for p in listing["parameters"] if p["name"] == "limit")
     assert limit["schema"]["maximum"] == 100
-    states = schema["components"]["schemas"]["TaskState"]["enum"]
-    assert [s.value for s in TaskState] == states
+    state = next(p for p in listing["parameters"] if p["name"] == "state")
+    assert [s.value for s in TaskState] == state["schema"]["enum"]
+
+
+class TaskInfo(BaseModel):
+    """An app's own model named like bgtasks' concept."""
+
+    title: str
+
+
+class ErrorDetail(BaseModel):
+    """Another name an app may well use."""
+
+    reason: str
+
+
+def openapi_of(**app_options: Any) -> dict[str, Any]:
+    """The schema of an app with its own TaskInfo route and the task router."""
+    manager = TaskManager()
+    app = FastAPI(**app_options)
+
+    @app.get("/mine", responses={418: {"model": ErrorDetail}})
+    def mine(state: TaskState) -> TaskInfo:
+        return TaskInfo(title=state.value)
+
+    app.include_router(task_router(manager))
+    return app.openapi()
+
+
+def test_openapi_schema_of_the_router() -> None:
+    """OpenAPI: no 422 where none can come, task_id's pattern, ids, header, names."""
+    schema = openapi_of(openapi_tags=[task_tag()])
+    operations = {
+        (path, method): operation
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if path.startswith("/tasks")
+    }
+    assert {key: op["operationId"] for key, op in operations.items()} == {
+        ("/tasks", "get"): "bgtasks_list_tasks",
+        ("/tasks/{task_id}", "get"): "bgtasks_get_task",
+        ("/tasks/{task_id}", "delete"): "bgtasks_cancel_task",
+    }
+    # Only the list validates input, and it answers in bgtasks' own model.
+    assert {"200", "400", "422"} == set(operations["/tasks", "get"]["responses"])
+    bad = operations["/tasks", "get"]["responses"]["422"]["content"]
+    assert bad["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BgtasksErrorDetail"
+    }
+    assert {"200", "404"} == set(operations["/tasks/{task_id}", "get"]["responses"])
+    for operation in operations.values():
+        for answer in operation["responses"].values():
+            assert answer["headers"]["Cache-Control"]["schema"]["enum"] == ["no-store"]
+    for key in [("/tasks/{task_id}", "get"), ("/tasks/{task_id}", "delete")]:
+        (task_id,) = operations[key]["parameters"]
+        assert (task_id["name"], task_id["in"]) == ("task_id", "path")
+        pattern = task_id["schema"]["pattern"]
+        assert f"^{TASK_ID_PATTERN.pattern}$" == pattern
+        assert re.search(pattern, "a" * 128)
+        assert not re.search(pattern, "ok/../" + "a" * 129)
+    assert schema["tags"] == [{"name": "tasks", "description": TAG_TEXT}]
+
+
+TAG_TEXT = (
+    "Status, progress and cancellation of the app's background tasks "
+    "(bgtasks). Every answer has `Cache-Control: no-store`."
+)
+
+
+def test_openapi_component_names_do_not_clash_with_the_apps() -> None:
+    """The router's components are Bgtasks*, beside an app's own TaskInfo models."""
+    components = openapi_of()["components"]["schemas"]
+    ours = {name for name in components if name.startswith("Bgtasks")}
+    assert {
+        "BgtasksCancelConflict",
+        "BgtasksErrorDetail",
+        "BgtasksTaskError",
+        "BgtasksTaskInfo",
+        "BgtasksTaskList",
+    } == ours
+    assert {"properties": {"title"}} == {
+        "properties": set(components["TaskInfo"]["properties"])
+    }
+    assert {"reason"} == set(components["ErrorDetail"]["properties"])
+    # The state enum is inline in bgtasks' models, so the app's TaskState is its own.
+    assert "TaskState" in components
+    assert "$ref" not in components["BgtasksTaskInfo"]["properties"]["state"]
+    for name in ours:
+        assert name == components[name]["title"]
 
 
 def test_dependencies_protect_the_routes(backend: Backend) -> None:
@@ -197,7 +339,11 @@ def test_router_without_prefix(backend: Backend) -> None:
     app = FastAPI(lifespan=lifespan(manager))
     app.include_router(task_router(manager, prefix=""), prefix="/jobs")
     with TestClient(app, backend=backend) as client:
-        assert client.get("/jobs/").json() == {"tasks": [], "has_more": False}
+        assert client.get("/jobs/").json() == {
+            "tasks": [],
+            "has_more": False,
+            "next": None,
+        }
 
 
 def test_explicit_manager_in_the_apps_own_lifespan(backend: Backend) -> None:

@@ -231,12 +231,17 @@ def test_list_newest_first_with_filter_and_limit(client: TestClient) -> None:
     [
         ("state=done", f"state must be one of: {', '.join(STATES)}"),
         ("state=", f"state must be one of: {', '.join(STATES)}"),
+        ("state=%FF", f"state must be one of: {', '.join(STATES)}"),
+        ("limit=%FF", "limit must be an integer from 1 to 100"),
         ("limit=0", "limit must be an integer from 1 to 100"),
         ("limit=101", "limit must be an integer from 1 to 100"),
         ("limit=-1", "limit must be an integer from 1 to 100"),
         ("limit=abc", "limit must be an integer from 1 to 100"),
         ("limit=%C2%B2", "limit must be an integer from 1 to 100"),
         ("limit=1e3", "limit must be an integer from 1 to 100"),
+        # int() would refuse this with CPython's own message about digits.
+        ("limit=" + "9" * 5000, "limit must be an integer from 1 to 100"),
+        ("limit=" + "0" * 4999 + "1", "limit must be an integer from 1 to 100"),
     ],
 )
 def test_bad_query_parameters_are_422(
@@ -248,10 +253,56 @@ def test_bad_query_parameters_are_422(
     assert {"detail": detail} == response.json()
 
 
+def test_list_pages_follow_next_with_the_state_filter(client: TestClient) -> None:
+    """next is the cursor of the next page; with state it pages the matches only."""
+    ok = [client.post("/add").json()["task_id"] for _ in range(3)]
+    failed = client.post("/add?kind=fail").json()["task_id"]
+    ok.append(client.post("/add").json()["task_id"])
+    pages: list[list[str]] = []
+    query: dict[str, str] = {"state": "succeeded", "limit": "2"}
+    while True:
+        body = client.get("/tasks/", params=query).json()
+        pages.append([t["id"] for t in body["tasks"]])
+        assert body["has_more"] is (body["next"] is not None)
+        if body["next"] is None:
+            break
+        query["cursor"] = body["next"]
+    assert [[ok[3], ok[2]], [ok[1], ok[0]]] == pages
+    everything = client.get("/tasks/?limit=4").json()
+    rest = client.get("/tasks/", params={"cursor": everything["next"]}).json()
+    assert [ok[0]] == [t["id"] for t in rest["tasks"]]
+    assert failed in [t["id"] for t in everything["tasks"]]
+
+
+BAD_CURSOR = "cursor is not valid here: use the next value of an earlier page, or none"
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["", "nope", "%00", "x" * 5000, "eyJ2IjoxLCJlIjoiQUFBQUFBQUEiLCJzIjoxfQ"],
+)
+def test_bad_cursor_is_400_in_fixed_words(client: TestClient, cursor: str) -> None:
+    """A cursor this server did not give is 400 with a fixed detail, never a 500."""
+    client.post("/add")
+    response = client.get(f"/tasks/?cursor={cursor}")
+    assert response.status_code == 400
+    assert response.json() == {"detail": BAD_CURSOR}
+    assert response.headers["cache-control"] == "no-store"
+
+
 def test_unsupported_method_is_405(client: TestClient) -> None:
-    """Methods other than GET and DELETE are refused by the router."""
-    assert client.put("/tasks/abc").status_code == 405
-    assert client.delete("/tasks/").status_code == 405
+    """Other methods get a JSON 405 in bgtasks' words, with the Allow header."""
+    for method, path, allow in [
+        ("PUT", "/tasks/abc", "DELETE, GET, HEAD"),
+        ("POST", "/tasks/abc", "DELETE, GET, HEAD"),
+        ("DELETE", "/tasks/", "GET, HEAD"),
+        ("PATCH", "/tasks/", "GET, HEAD"),
+    ]:
+        response = client.request(method, path)
+        assert response.status_code == 405
+        assert response.json() == {"detail": "method not allowed"}
+        assert allow == response.headers["allow"]
+        assert response.headers["cache-control"] == "no-store"
 
 
 def test_cancel_running_task_then_conflict(client: TestClient) -> None:

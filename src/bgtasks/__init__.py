@@ -16,6 +16,7 @@ from ._idempotent import idempotent as idempotent
 from ._logged import logged as logged
 from ._manager import TaskManager as TaskManager
 from ._manager import current_task as current_task
+from ._paging import TaskList as TaskList
 from ._records import TaskError as TaskError
 from ._records import TaskHandle as TaskHandle
 from ._records import TaskInfo as TaskInfo
@@ -44,6 +45,7 @@ __all__ = [
     "TaskEvent",
     "TaskHandle",
     "TaskInfo",
+    "TaskList",
     "TaskManager",
     "TaskState",
     "__version__",

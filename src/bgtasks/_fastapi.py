@@ -8,15 +8,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Optional
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, params
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, params
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.responses import Response
 
-from ._http import TaskEndpoints
+from ._http import TaskEndpoints, check_manager
 from ._lifespan import manager_from_app
 from ._manager import TaskManager
 from ._records import TaskState
-from ._routes import check_manager
+from ._registry import TASK_ID_PATTERN
 from ._tracked import TrackedBackgroundTasks
 
 __all__ = [
@@ -27,13 +27,25 @@ __all__ = [
     "TaskListModel",
     "TrackedTasks",
     "task_router",
+    "task_tag",
     "tracked_tasks",
 ]
+
+# Inline in each model rather than a "TaskState" component of the app's schema.
+_State = Annotated[
+    TaskState,
+    WithJsonSchema({"type": "string", "enum": [state.value for state in TaskState]}),
+]
+
+# Each model's OpenAPI component is named Bgtasks...: pydantic names components
+# after __qualname__, and an app's own "TaskInfo" or "ErrorDetail" must not clash.
 
 
 class TaskErrorModel(BaseModel):
     """Why a task failed: the exception type, and its message only if exposed."""
 
+    __qualname__ = "BgtasksTaskError"
+    model_config = ConfigDict(title="BgtasksTaskError")
     type: str = Field(description="The exception type's qualified name.")
     message: Optional[str] = Field(  # noqa: UP045 - pydantic evaluates it on 3.10 too
         default=None, description="str(exception), only with expose_error_messages."
@@ -43,9 +55,12 @@ class TaskErrorModel(BaseModel):
 class TaskInfoModel(BaseModel):
     """A task's status snapshot, as ``TaskInfo.to_dict()`` gives it."""
 
+    __qualname__ = "BgtasksTaskInfo"
+    model_config = ConfigDict(title="BgtasksTaskInfo")
+
     id: str
     name: str = Field(description="The task function's qualified name.")
-    state: TaskState
+    state: _State
     created_at: datetime
     started_at: Optional[datetime]  # noqa: UP045 - see TaskErrorModel
     finished_at: Optional[datetime]  # noqa: UP045 - see TaskErrorModel
@@ -63,25 +78,110 @@ class TaskInfoModel(BaseModel):
 class TaskListModel(BaseModel):
     """One page of tasks, newest first."""
 
+    __qualname__ = "BgtasksTaskList"
+    model_config = ConfigDict(title="BgtasksTaskList")
     tasks: list[TaskInfoModel]
     has_more: bool = Field(description="More tasks match than this page holds.")
+    next: Optional[str] = Field(  # noqa: UP045 - see TaskErrorModel
+        description=(
+            "The cursor of the next page: pass it back as `cursor`, with the "
+            "same `state`. null on the last page."
+        )
+    )
 
 
 class ErrorDetailModel(BaseModel):
-    """An error answer: what went wrong, never a traceback."""
+    """An error answer: what went wrong in bgtasks' fixed words, never a traceback."""
 
+    __qualname__ = "BgtasksErrorDetail"
+    model_config = ConfigDict(title="BgtasksErrorDetail")
     detail: str
 
 
 class CancelConflictModel(ErrorDetailModel):
     """409: the task had already finished, in this state."""
 
-    state: TaskState
+    __qualname__ = "BgtasksCancelConflict"
+    model_config = ConfigDict(title="BgtasksCancelConflict")
+
+    state: _State
 
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorDetailModel, "description": "Unknown or malformed task id."}
+_TAG_DESCRIPTION = (
+    "Status, progress and cancellation of the app's background tasks "
+    "(bgtasks). Every answer has `Cache-Control: no-store`."
+)
+
+# Every answer of the routes carries it, errors included.
+_NO_STORE = {
+    "Cache-Control": {
+        "description": "Always `no-store`: a status is never served from a cache.",
+        "schema": {"type": "string", "enum": ["no-store"]},
+    }
 }
+
+
+def _responses(
+    *extra: tuple[int, type[BaseModel], str], ok: int = 200
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses: the success code and ``extra`` errors, all no-store."""
+    answers: dict[int | str, dict[str, Any]] = {ok: {"headers": _NO_STORE}}
+    for code, model, description in extra:
+        answers[code] = {
+            "model": model,
+            "description": description,
+            "headers": _NO_STORE,
+        }
+    return answers
+
+
+_NOT_FOUND = (404, ErrorDetailModel, "Unknown or malformed task id.")
+
+
+# The routes read their parameters themselves (see task_router), so OpenAPI
+# learns about them from here.
+_TASK_ID_PARAMETER: dict[str, Any] = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "description": "The id that spawn() or add_task() gave the task.",
+    # JSON Schema patterns match anywhere: anchor it to the whole id.
+    "schema": {"type": "string", "pattern": f"^{TASK_ID_PATTERN.pattern}$"},
+}
+
+
+def _list_parameters(max_page_size: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "state",
+            "in": "query",
+            "required": False,
+            "description": "Only tasks in this state.",
+            "schema": {"type": "string", "enum": [s.value for s in TaskState]},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "Page size.",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": max_page_size,
+                "default": max_page_size,
+            },
+        },
+        {
+            "name": "cursor",
+            "in": "query",
+            "required": False,
+            "description": (
+                "Where the page starts: the `next` of the previous page. "
+                "Opaque; 400 if it is not one this server gave."
+            ),
+            "schema": {"type": "string"},
+        },
+    ]
 
 
 def task_router(
@@ -108,7 +208,8 @@ def task_router(
         dependencies: run before every route, e.g. ``[Depends(require_admin)]``:
             task ids are unguessable, but who may list and cancel tasks is the
             application's decision.
-        tags: OpenAPI tags of the routes.
+        tags: OpenAPI tags of the routes; describe them in the app with
+            ``FastAPI(openapi_tags=[task_tag()])``.
         max_page_size: the most tasks one ``GET`` of the list returns.
         expose_error_messages: put failed tasks' exception messages in the
             bodies (default: the exception type only). Tracebacks never are.
@@ -119,7 +220,8 @@ def task_router(
         ValueError: ``max_page_size`` is below 1.
     """
     endpoints = TaskEndpoints(
-        check_manager(manager, "task_router"),
+        manager,
+        factory="task_router",
         max_page_size=max_page_size,
         expose_error_messages=expose_error_messages,
     )
@@ -129,41 +231,45 @@ def task_router(
         dependencies=list(dependencies or ()),
         include_in_schema=include_in_schema,
     )
-    page_size = endpoints.max_page_size
 
-    async def list_tasks(
-        state: Annotated[
-            Optional[TaskState],  # noqa: UP045 - see TaskErrorModel
-            Query(description="Only tasks in this state."),
-        ] = None,
-        limit: Annotated[
-            int, Query(ge=1, le=page_size, description="Page size.")
-        ] = page_size,
-    ) -> Response:
-        return endpoints.list_tasks(state, limit)
+    # The endpoints take the raw request and validate it themselves, so a bad
+    # value gets bgtasks' fixed wording, not FastAPI's echo of the input.
+    async def list_tasks(request: Request) -> Response:
+        return endpoints.list_tasks(request.query_params)
 
-    async def get_task(task_id: str) -> Response:
-        return endpoints.get_task(task_id)
+    async def get_task(request: Request) -> Response:
+        return endpoints.get_task(request.path_params["task_id"])
 
-    async def cancel_task(task_id: str) -> Response:
-        return await endpoints.cancel_task(task_id)
+    async def cancel_task(request: Request) -> Response:
+        return await endpoints.cancel_task(request.path_params["task_id"])
 
     router.add_api_route(
         "" if prefix else "/",
         list_tasks,
         methods=["GET"],
         response_model=TaskListModel,
+        responses=_responses(
+            (400, ErrorDetailModel, "Not a cursor this server gave."),
+            (422, ErrorDetailModel, "A state or limit out of range."),
+        ),
+        operation_id="bgtasks_list_tasks",
         summary="List background tasks",
-        description="Newest first, at most `limit` of them.",
+        description=(
+            "Newest first, at most `limit` of them. For the next page, pass "
+            "the answer's `next` as `cursor`, with the same `state`."
+        ),
         name="bgtasks_list_tasks",
+        openapi_extra={"parameters": _list_parameters(endpoints.max_page_size)},
     )
     router.add_api_route(
         "/{task_id}",
         get_task,
         methods=["GET"],
         response_model=TaskInfoModel,
-        responses=_NOT_FOUND,
+        responses=_responses(_NOT_FOUND),
+        operation_id="bgtasks_get_task",
         summary="Get a background task's status",
+        openapi_extra={"parameters": [_TASK_ID_PARAMETER]},
         name="bgtasks_get_task",
     )
     router.add_api_route(
@@ -172,11 +278,14 @@ def task_router(
         methods=["DELETE"],
         status_code=202,
         response_model=TaskInfoModel,
-        responses={
-            **_NOT_FOUND,
-            409: {"model": CancelConflictModel, "description": "Already finished."},
-        },
+        responses=_responses(
+            _NOT_FOUND,
+            (409, CancelConflictModel, "Already finished."),
+            ok=202,
+        ),
+        operation_id="bgtasks_cancel_task",
         summary="Request a background task's cancellation",
+        openapi_extra={"parameters": [_TASK_ID_PARAMETER]},
         description=(
             "Async tasks are cancelled at once; sync tasks stop at their next "
             "`bgtasks.checkpoint()`. Poll the task until its state is final."
@@ -184,6 +293,18 @@ def task_router(
         name="bgtasks_cancel_task",
     )
     return router
+
+
+def task_tag(name: str = "tasks") -> dict[str, str]:
+    """Describe the routes' OpenAPI tag, for ``FastAPI(openapi_tags=[...])``.
+
+    A router cannot add to the app's list of tags, so the description goes in
+    where the app lists its own: ``FastAPI(openapi_tags=[task_tag()])``.
+
+    Args:
+        name: the tag given to :func:`task_router` as ``tags``.
+    """
+    return {"name": name, "description": _TAG_DESCRIPTION}
 
 
 def tracked_tasks(

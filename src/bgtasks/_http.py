@@ -1,45 +1,66 @@
 """The status/cancel HTTP API, independent of how a framework routes requests.
 
-Starlette's router and FastAPI's ``APIRouter`` both call into
-:class:`TaskEndpoints`, so the two give the same status codes and the same
-JSON bodies byte for byte. Bodies never carry a traceback, and an error's
-message only when the application opts in.
+Starlette's router and FastAPI's ``APIRouter`` both hand the request's query
+and path parameters to :class:`TaskEndpoints`, which parses them and answers,
+so the two give the same status codes and the same JSON bodies byte for byte.
+Bodies never carry a traceback, and an error's message only when the
+application opts in.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.responses import JSONResponse
 
+from ._manager import TaskManager
 from ._records import TaskState
+from ._registry import TASK_ID_PATTERN
 
 if TYPE_CHECKING:
-    from ._manager import TaskManager
     from ._records import TaskInfo
 
 __all__ = [
-    "TASK_ID_PATTERN",
     "TaskEndpoints",
+    "check_manager",
     "check_page_size",
     "is_valid_task_id",
-    "parse_limit",
-    "parse_state",
 ]
 
-# The ids the manager hands out (token_urlsafe) and accepts with ``_task_id=``.
-TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
-_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_STATES = ", ".join(state.value for state in TaskState)
+_STATE_OF = {state.value: state for state in TaskState}
+# Every detail a body can carry is one of these fixed texts: no message from
+# Python, a parser or the application ever reaches a client.
+BAD_STATE = "state must be one of: " + ", ".join(_STATE_OF)
+BAD_LIMIT = "limit must be an integer from 1 to {max_page_size}"
+NOT_FOUND = "task not found"
+ALREADY_FINISHED = "task already finished"
+METHOD_NOT_ALLOWED = "method not allowed"
+BAD_CURSOR = "cursor is not valid here: use the next value of an earlier page, or none"
+_LIMIT_DIGITS = 18
 # Status polls must always reach the server, never a cache.
 _HEADERS = {"Cache-Control": "no-store"}
 
 
 def is_valid_task_id(task_id: str) -> bool:
     """Tell whether ``task_id`` has the shape of a task id (cheap, linear time)."""
-    return _TASK_ID.fullmatch(task_id) is not None
+    return TASK_ID_PATTERN.fullmatch(task_id) is not None
+
+
+def check_manager(manager: object, factory: str) -> TaskManager:
+    """Refuse anything but a TaskManager when a route or dependency is built.
+
+    Raises:
+        TypeError: ``manager`` is not a :class:`~bgtasks.TaskManager`.
+    """
+    if not isinstance(manager, TaskManager):
+        raise TypeError(
+            f"{factory}() needs the app's bgtasks.TaskManager as manager, got "
+            f"{type(manager).__name__}: create one with manager = TaskManager() "
+            "and pass the same object to the lifespan and the routes."
+        )
+    return manager
 
 
 def check_page_size(max_page_size: object) -> int:
@@ -62,32 +83,23 @@ def check_page_size(max_page_size: object) -> int:
     return max_page_size
 
 
-def parse_state(raw: str | None) -> TaskState | None:
-    """Read the ``state`` query parameter; ``None`` when absent.
-
-    Raises:
-        ValueError: not one of the state values; the message lists them.
-    """
+def _parse_state(raw: str | None) -> TaskState | Literal[False] | None:
+    """Read the ``state`` query parameter: None when absent, False when invalid."""
     if raw is None:
         return None
-    try:
-        return TaskState(raw)
-    except ValueError:
-        raise ValueError(f"state must be one of: {_STATES}") from None
+    return _STATE_OF.get(raw, False)
 
 
-def parse_limit(raw: str | None, max_page_size: int) -> int:
-    """Read the ``limit`` query parameter; ``max_page_size`` when absent.
-
-    Raises:
-        ValueError: not a decimal integer between 1 and ``max_page_size``.
-    """
+def _parse_limit(raw: str | None, max_page_size: int) -> int | None:
+    """Read the ``limit`` query parameter: None when invalid."""
     if raw is None:
         return max_page_size
-    # isdigit() alone accepts other scripts' digits and "²"; int() would then fail.
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= max_page_size:
-        raise ValueError(f"limit must be an integer from 1 to {max_page_size}")
-    return int(raw)
+    # isdigit() alone accepts other scripts' digits and "²"; the length cap
+    # keeps int() off inputs it would refuse with its own message, or be slow on.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > _LIMIT_DIGITS:
+        return None
+    limit = int(raw)
+    return limit if 1 <= limit <= max_page_size else None
 
 
 class _JSON(JSONResponse):
@@ -107,35 +119,68 @@ def _error(status_code: int, detail: str, **extra: str) -> JSONResponse:
 
 
 class TaskEndpoints:
-    """What the status/cancel routes do, given already parsed parameters."""
+    """What the status/cancel routes do, from the request's raw parameters."""
 
-    __slots__ = ("expose_error_messages", "manager", "max_page_size")
+    __slots__ = ("bad_limit", "expose_error_messages", "manager", "max_page_size")
 
     def __init__(
-        self, manager: TaskManager, *, max_page_size: int, expose_error_messages: bool
+        self,
+        manager: object,
+        *,
+        factory: str,
+        max_page_size: object,
+        expose_error_messages: bool,
     ) -> None:
-        self.manager = manager
+        """Check a router factory's arguments; ``factory`` names it in errors.
+
+        Raises:
+            TypeError: ``manager`` is not a TaskManager, or ``max_page_size``
+                not an int.
+            ValueError: ``max_page_size`` is below 1.
+        """
+        self.manager = check_manager(manager, factory)
         self.max_page_size = check_page_size(max_page_size)
         self.expose_error_messages = bool(expose_error_messages)
+        self.bad_limit = BAD_LIMIT.format(max_page_size=self.max_page_size)
 
     def task_body(self, info: TaskInfo) -> dict[str, Any]:
         """Render one task as JSON; ``to_dict`` leaves out a non-JSON result."""
         return info.to_dict(include_error_message=self.expose_error_messages)
 
-    def bad_request(self, detail: str) -> JSONResponse:
-        """Answer 422 for a query parameter that failed validation."""
-        return _error(422, detail)
-
     def not_found(self) -> JSONResponse:
         """Answer 404 for an id that names no task."""
-        return _error(404, "task not found")
+        return _error(404, NOT_FOUND)
 
-    def list_tasks(self, state: TaskState | None, limit: int) -> JSONResponse:
-        """200 with up to ``limit`` tasks, newest first, and whether more exist."""
-        infos = self.manager.list(state=state, limit=limit + 1)
+    def method_not_allowed(self, allow: str) -> JSONResponse:
+        """Answer 405 with the methods the path serves."""
+        return _JSON(
+            {"detail": METHOD_NOT_ALLOWED},
+            405,
+            headers={**_HEADERS, "Allow": allow},
+        )
+
+    def list_tasks(self, query: Mapping[str, str]) -> JSONResponse:
+        """200 with a page of tasks, newest first; 422 or 400 for a bad parameter.
+
+        ``next`` is the cursor of the next page (None on the last one): the
+        client sends it back as ``?cursor=``, with the same ``state``.
+        """
+        state = _parse_state(query.get("state"))
+        if state is False:
+            return _error(422, BAD_STATE)
+        limit = _parse_limit(query.get("limit"), self.max_page_size)
+        if limit is None:
+            return _error(422, self.bad_limit)
+        try:
+            page = self.manager.list(
+                state=state, limit=limit, after=query.get("cursor")
+            )
+        except ValueError:  # state and limit are valid: it is the cursor
+            return _error(400, BAD_CURSOR)
         body = {
-            "tasks": [self.task_body(info) for info in infos[:limit]],
-            "has_more": len(infos) > limit,
+            "tasks": [self.task_body(info) for info in page],
+            "has_more": page.next_cursor is not None,
+            "next": page.next_cursor,
         }
         return _JSON(body, headers=_HEADERS)
 
@@ -158,4 +203,4 @@ class TaskEndpoints:
         latest = self.manager.get(task_id)
         if latest is None:
             return self.not_found()
-        return _error(409, "task already finished", state=latest.state.value)
+        return _error(409, ALREADY_FINISHED, state=latest.state.value)

@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, overload
 
+from ._http import check_manager
 from ._manager import TaskManager
-from ._routes import check_manager
 from .exceptions import ManagerNotRunningError
 
 __all__ = ["STATE_KEY", "lifespan", "manager_from_app"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing_extensions import Self
 
 from ._events import Subscriber
 from ._external import RequestTasks
+from ._paging import TaskList, decode_cursor, encode_cursor
 from ._records import TaskHandle, TaskInfo, TaskState
 from ._running import TaskContext, current_task
 from ._submit import (
@@ -313,30 +313,56 @@ class TaskManager(RequestTasks):
             return None if record is None else record.snapshot()
 
     def list(
-        self, *, state: TaskState | str | None = None, limit: int | None = None
-    ) -> builtins.list[TaskInfo]:
-        """Return snapshots, newest submission first.
+        self,
+        *,
+        state: TaskState | str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> TaskList:
+        """Return snapshots, newest submission first, one page at a time.
+
+        The result is a list with one more attribute, ``next_cursor``: pass
+        it as ``after`` to get the next page. Paging stays exact while tasks
+        are added and dropped: a page never repeats a task of an earlier
+        page, and skips none that is still stored (tasks submitted after the
+        first page show up when paging starts again from the newest).
 
         Args:
             state: only tasks in this state (a TaskState or its value).
             limit: at most this many.
+            after: the ``next_cursor`` of an earlier page of this manager.
 
         Raises:
-            ValueError: unknown state, or a negative limit.
+            ValueError: unknown state, a negative limit, or ``after`` is not
+                a cursor of this manager.
+
+        Example:
+            ```python
+            page = manager.list(limit=50)
+            while page.next_cursor is not None:
+                page = manager.list(limit=50, after=page.next_cursor)
+            ```
         """
         wanted = None if state is None else TaskState(state)
         if limit is not None:
             check_int("limit", limit, minimum=0)
-        found: builtins.list[TaskInfo] = []
+        registry = self._registry
+        before = None
+        if after is not None:
+            before = decode_cursor(after, registry.epoch)
+            if before is None:
+                raise ValueError(
+                    "after must be the next_cursor of an earlier list() of this "
+                    "TaskManager; pass None to start from the newest task."
+                )
         if limit == 0:
-            return found
+            return TaskList()
         with self._lock:
-            for record in self._registry.newest():
-                if wanted is None or record.state is wanted:
-                    found.append(record.snapshot())
-                    if limit is not None and len(found) >= limit:
-                        break
-        return found
+            records, next_seq = registry.page(wanted, limit, before)
+            infos = [record.snapshot() for record in records]
+        return TaskList(
+            infos, None if next_seq is None else encode_cursor(registry.epoch, next_seq)
+        )
 
     async def cancel(self, task_id: str) -> bool:
         """Ask a task to stop; return False for unknown or finished tasks.

@@ -9,17 +9,25 @@ finishing drops records over the count in batches of ``max_finished // 16``,
 so a task's end rarely pays for a pruning pass. The clock reading at each
 finish sits beside the queue in an array of doubles: 8 bytes per record, where
 a float object on the record would take 32.
+
+For paging, records are also kept in a list in submission order beside an
+array of sequence numbers (8 bytes each, no int object per record): a cursor
+holds a sequence number, so the next page starts by bisection wherever the
+tasks in between went. Records dropped from the dict stay in that list until
+they are more than an eighth of it, then it is rebuilt (amortized O(1)).
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
 import threading
 from array import array
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from ._records import TaskRecord, TaskState
 from .exceptions import TaskAlreadyExistsError
@@ -43,6 +51,10 @@ _STALE_SLACK = 64
 # Finish times already dropped from the front of their array are cut off in
 # one go once there are this many and they are at least half of it.
 _TIMES_SLACK = 1024
+
+# Records dropped from the dict but still in the paging order: rebuild the
+# order once they are more than 1/8 of the live records plus this slack.
+_ORDER_SLACK = 64
 
 
 def _random_ids(count: int) -> list[str]:
@@ -73,9 +85,14 @@ class Registry:
         "_finished_at",
         "_finished_count",
         "_first_time",
+        "_order",
+        "_order_stale",
         "_records",
+        "_seqs",
+        "_sequence",
         "_spare_ids",
         "clock",
+        "epoch",
         "lock",
         "max_finished",
         "prune_above",
@@ -97,6 +114,13 @@ class Registry:
         self._first_time = 0
         self._finished_count = 0
         self._spare_ids: list[str] = []
+        # _seqs[i]: the sequence number of _order[i]; both in submission order.
+        self._order: list[TaskRecord] = []
+        self._seqs = array("q")
+        self._sequence = itertools.count()
+        self._order_stale = 0
+        # Tells this registry's cursors from another's (another process, a restart).
+        self.epoch = _random_ids(1)[0][:8]
 
     def __len__(self) -> int:
         return len(self._records)
@@ -117,6 +141,8 @@ class Registry:
                 break
         record.id = task_id
         records[task_id] = record
+        self._order.append(record)
+        self._seqs.append(next(self._sequence))
 
     def add(self, record: TaskRecord) -> None:
         """Store ``record``; a finished record with the same id is replaced.
@@ -135,9 +161,14 @@ class Registry:
             # Delete first so the new record sits at the end (newest).
             del self._records[record.id]
             self._finished_count -= 1
+            self._order_stale += 1
             if len(self._finished) > 2 * self._finished_count + _STALE_SLACK:
                 self._drop_stale()
+            if self._order_stale > (len(self._records) >> 3) + _ORDER_SLACK:
+                self._compact_order()
         self._records[record.id] = record
+        self._order.append(record)
+        self._seqs.append(next(self._sequence))
 
     def _drop_stale(self) -> None:
         """Rebuild the finish queue without the records replaced by reused ids."""
@@ -195,6 +226,7 @@ class Registry:
             ):
                 del records[oldest.id]
                 self._finished_count -= 1
+                self._order_stale += 1
             else:
                 break
             queue.popleft()
@@ -203,11 +235,55 @@ class Registry:
             del times[:first]
             first = 0
         self._first_time = first
+        if self._order_stale > (len(records) >> 3) + _ORDER_SLACK:
+            self._compact_order()
 
-    def newest(self) -> Iterator[TaskRecord]:
-        """Iterate over the records, newest submission first (after pruning)."""
+    def _compact_order(self) -> None:
+        """Rebuild the paging order without the records dropped from the dict."""
+        records = self._records
+        seqs = self._seqs
+        kept = [
+            (record, seqs[i])
+            for i, record in enumerate(self._order)
+            if records.get(record.id) is record
+        ]
+        self._order = [record for record, _ in kept]
+        self._seqs = array("q", (seq for _, seq in kept))
+        self._order_stale = 0
+
+    def page(
+        self, state: TaskState | None, limit: int | None, before: int | None
+    ) -> tuple[list[TaskRecord], int | None]:
+        """Return stored records newest first, and where the next page starts.
+
+        Args:
+            state: only records in this state.
+            limit: at most this many, at least 1; None for all.
+            before: only records with a lower sequence number (a cursor's).
+
+        Returns:
+            The records, and the sequence number to pass as ``before`` for
+            the next page: None when no other record matches.
+        """
         self.prune()
-        return reversed(self._records.values())
+        records = self._records
+        order = self._order
+        seqs = self._seqs
+        found: list[TaskRecord] = []
+        at = len(order) if before is None else bisect_left(seqs, before)
+        last = at
+        while at:
+            at -= 1
+            record = order[at]
+            if records.get(record.id) is not record:
+                continue  # dropped, or its id reused by a newer record
+            if state is not None and record.state is not state:
+                continue
+            if limit is not None and len(found) == limit:
+                return found, seqs[last]
+            found.append(record)
+            last = at
+        return found, None
 
     def active(self) -> list[TaskRecord]:
         """Return the records that are PENDING or RUNNING, oldest first."""

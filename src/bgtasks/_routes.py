@@ -7,25 +7,23 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from ._http import TaskEndpoints, parse_limit, parse_state
+from ._http import TaskEndpoints, check_manager
 from ._manager import TaskManager
 
 __all__ = ["check_manager", "task_router"]
 
 
-def check_manager(manager: object, factory: str) -> TaskManager:
-    """Refuse anything but a TaskManager when a route or dependency is built.
+class _Refuse:
+    """An ASGI app answering 405; Starlette routes every method to an app."""
 
-    Raises:
-        TypeError: ``manager`` is not a :class:`~bgtasks.TaskManager`.
-    """
-    if not isinstance(manager, TaskManager):
-        raise TypeError(
-            f"{factory}() needs the app's bgtasks.TaskManager as manager, got "
-            f"{type(manager).__name__}: create one with manager = TaskManager() "
-            "and pass the same object to the lifespan and the routes."
-        )
-    return manager
+    __slots__ = ("allow", "endpoints")
+
+    def __init__(self, endpoints: TaskEndpoints, allow: str) -> None:
+        self.endpoints = endpoints
+        self.allow = allow
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.endpoints.method_not_allowed(self.allow)(scope, receive, send)
 
 
 def task_router(
@@ -38,13 +36,17 @@ def task_router(
 
     Mount it at any prefix: ``Mount("/tasks", app=task_router(manager))``.
 
-    - ``GET /``: 200 ``{"tasks": [...], "has_more": bool}``, newest first;
-      ``?state=`` filters, ``?limit=`` from 1 to ``max_page_size`` (the
-      default); 422 for a bad value.
+    - ``GET /``: 200 ``{"tasks": [...], "has_more": bool, "next": cursor}``,
+      newest first; ``?state=`` filters, ``?limit=`` from 1 to
+      ``max_page_size`` (the default), 422 for a bad value; ``?cursor=`` the
+      ``next`` of the previous page (null on the last), 400 for a bad one.
     - ``GET /{task_id}``: 200 with the task's JSON; 404 for an unknown or
       malformed id.
     - ``DELETE /{task_id}``: 202 cancel requested (body: the task); 404
       unknown; 409 already finished.
+
+    Every error body is ``{"detail": ...}`` with bgtasks' own fixed text,
+    including 404 for other paths and 405 for other methods.
 
     Args:
         manager: the application's task manager.
@@ -58,20 +60,14 @@ def task_router(
         ValueError: ``max_page_size`` is below 1.
     """
     endpoints = TaskEndpoints(
-        check_manager(manager, "task_router"),
+        manager,
+        factory="task_router",
         max_page_size=max_page_size,
         expose_error_messages=expose_error_messages,
     )
 
     async def list_tasks(request: Request) -> Response:
-        try:
-            state = parse_state(request.query_params.get("state"))
-            limit = parse_limit(
-                request.query_params.get("limit"), endpoints.max_page_size
-            )
-        except ValueError as exc:
-            return endpoints.bad_request(str(exc))
-        return endpoints.list_tasks(state, limit)
+        return endpoints.list_tasks(request.query_params)
 
     async def get_task(request: Request) -> Response:
         return endpoints.get_task(request.path_params["task_id"])
@@ -92,6 +88,13 @@ def task_router(
                 cancel_task,
                 methods=["DELETE"],
                 name="bgtasks_cancel_task",
+            ),
+            # Any other method: Starlette's own 405 would be plain text.
+            Route("/", _Refuse(endpoints, "GET, HEAD"), include_in_schema=False),
+            Route(
+                "/{task_id}",
+                _Refuse(endpoints, "DELETE, GET, HEAD"),
+                include_in_schema=False,
             ),
         ],
         default=not_found,

@@ -5,10 +5,10 @@ Needs the extra: ``pip install "bgtasks[fastapi]"``.
 ```python
 from fastapi import FastAPI
 from bgtasks import TaskManager
-from bgtasks.fastapi import TrackedTasks, lifespan, task_router
+from bgtasks.fastapi import TrackedTasks, lifespan, task_router, task_tag
 
 manager = TaskManager()
-app = FastAPI(lifespan=lifespan(manager))
+app = FastAPI(lifespan=lifespan(manager), openapi_tags=[task_tag()])
 app.include_router(task_router(manager))
 
 
@@ -22,7 +22,7 @@ async def create_report(user_id: int, tasks: TrackedTasks) -> dict[str, str]:
 from __future__ import annotations
 
 try:
-    from ._fastapi import TrackedTasks, task_router, tracked_tasks
+    from ._fastapi import TrackedTasks, task_router, task_tag, tracked_tasks
 except ModuleNotFoundError as _exc:
     if _exc.name != "fastapi":
         raise
@@ -38,5 +38,6 @@ __all__ = [
     "TrackedTasks",
     "lifespan",
     "task_router",
+    "task_tag",
     "tracked_tasks",
 ]

@@ -12,8 +12,8 @@ from starlette.background import BackgroundTasks as StarletteBackgroundTasks
 from starlette.routing import Mount, Router
 from typing_extensions import assert_type
 
-from bgtasks import TaskHandle, TaskManager
-from bgtasks.fastapi import TrackedTasks, task_router, tracked_tasks
+from bgtasks import TaskHandle, TaskInfo, TaskList, TaskManager
+from bgtasks.fastapi import TrackedTasks, task_router, task_tag, tracked_tasks
 from bgtasks.starlette import TrackedBackgroundTasks, lifespan
 from bgtasks.starlette import task_router as starlette_task_router
 
@@ -28,6 +28,8 @@ starlette_app = Starlette(
     routes=[Mount("/tasks", app=starlette_task_router(manager))],
 )
 fastapi_app = FastAPI(lifespan=lifespan(manager))
+assert_type(task_tag(), dict[str, str])
+FastAPI(openapi_tags=[task_tag("jobs")])
 
 
 @asynccontextmanager
@@ -57,3 +59,14 @@ def endpoint(tasks: TrackedTasks, other: Tasks) -> str:
     assert_type(other.add_task(send, "x", _task_id="report-1"), TaskHandle)
     assert_type(tasks.background_tasks, StarletteBackgroundTasks)
     return handle.id
+
+
+def every_task_id(manager: TaskManager) -> list[str]:
+    page = assert_type(manager.list(limit=50), TaskList)
+    ids = [info.id for info in page]
+    while page.next_cursor is not None:
+        assert_type(page.next_cursor, str)
+        page = manager.list(limit=50, after=page.next_cursor)
+        assert_type(page[0], TaskInfo)
+        ids += [info.id for info in page]
+    return ids

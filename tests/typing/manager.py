@@ -38,7 +38,7 @@ async def use(manager: TaskManager, tasks: BackgroundTasks) -> None:
         info = assert_type(await handle.wait(timeout=5), TaskInfo)
         assert_type(await handle.cancel(), bool)
         assert_type(manager.get(handle.id), TaskInfo | None)
-        assert_type(manager.list(state=TaskState.RUNNING, limit=10), list[TaskInfo])
+        assert_type(manager.list(state=TaskState.RUNNING, limit=10)[0], TaskInfo)
         assert_type(await manager.cancel(handle.id), bool)
         assert_type(await manager.wait(handle.id, timeout=1.5), TaskInfo)
         assert_type(manager.running, bool)
