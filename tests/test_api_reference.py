@@ -8,9 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import griffe
 import pytest
-
-griffe: Any = pytest.importorskip("griffe", reason="the docs group's griffe renders it")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTENSION = ROOT / "docs" / "griffe_public_signatures.py"
@@ -74,3 +73,15 @@ def test_no_private_default(package: Any) -> None:
         if parameter.default is not None and PRIVATE.search(str(parameter.default))
     ]
     assert shown == []
+
+
+def test_the_checks_see_functions_and_methods(package: Any) -> None:
+    """Module functions and class methods are all checked."""
+    where = {where for where, _ in _signatures(package)}
+    assert {
+        "bgtasks.retry: retry",
+        "bgtasks.idempotent: idempotent",
+        "bgtasks.TaskManager: spawn",
+        "bgtasks.backoff.exponential: exponential",
+        "bgtasks.testing.fresh_idempotency_store: fresh_idempotency_store",
+    } <= where
