@@ -48,21 +48,17 @@ def _runs(version: str) -> bool:
     Being on PATH is not enough: a pyenv shim exists for every installed version
     but fails for one that is not selected.
     """
-    if shutil.which(f"python{version}"):
-        command = [f"python{version}", "-c", ""]
+    if found := shutil.which(f"python{version}"):
+        command = [found, "-c", ""]
     elif shutil.which("py"):  # The Windows launcher, where nox looks too.
         command = ["py", f"-{version}", "-c", ""]
     else:
         return False
     try:
-        return (
-            subprocess.run(
-                command, check=False, capture_output=True, timeout=30
-            ).returncode
-            == 0
-        )
+        done = subprocess.run(command, check=False, capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
+    return done.returncode == 0
 
 
 def _newest_present(pythons: list[str], runs: Callable[[str], bool] = _runs) -> str:
@@ -76,7 +72,7 @@ def _newest_present(pythons: list[str], runs: Callable[[str], bool] = _runs) -> 
 
 
 def _error_on_missing(environ: Mapping[str, str]) -> bool:
-    """Tell whether a missing Python fails the run: only on CI, as nox does.
+    """Tell whether a missing Python fails the run: only on CI (CI set, not 0/false).
 
     On CI a missing Python is a broken matrix: it fails, so all four are proven.
     Elsewhere nox skips the tests of the missing ones and names each in its
