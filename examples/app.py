@@ -21,6 +21,7 @@ Needs ``fastapi`` and ``python-multipart`` (for the upload).
 
 import itertools
 import logging
+import logging.config
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,37 @@ from bgtasks import (
 from bgtasks.fastapi import TrackedTasks, lifespan, task_router
 
 logger = logging.getLogger("example")
+
+# uvicorn configures only its own loggers: without this, the records of bgtasks
+# (each task's start and end, at INFO) are dropped and only bare WARNINGs show.
+# Applied when uvicorn imports this module, after its own configuration, which
+# it keeps. Each record's structured fields go in the line; records that lack
+# one (the task manager's own) show "-".
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "tasks": {
+            # Through "()", `defaults` works on Python 3.10 and 3.11 too.
+            "()": "logging.Formatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s: %(message)s "
+            "[task_id=%(task_id)s attempt=%(attempt)s outcome=%(outcome)s]",
+            "defaults": {"task_id": "-", "attempt": "-", "outcome": "-"},
+        },
+    },
+    "handlers": {
+        "tasks": {
+            "class": "logging.StreamHandler",
+            "formatter": "tasks",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "loggers": {
+        "bgtasks": {"handlers": ["tasks"], "level": "INFO"},
+        "example": {"handlers": ["tasks"], "level": "INFO"},
+    },
+}
+logging.config.dictConfig(LOGGING)
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,12 @@ thread), then, with httpx: polls a report to completion with its progress,
 registers a user whose welcome email needs retries, registers them again
 (deduplicated), makes thumbnails, cancels a long report and a thumbnail job, and
 shuts the server down gracefully (drain, then cancel). Exits 1 if anything is
-not as expected.
+not as expected. bgtasks' log lines (from the app's ``LOGGING``) go to stderr.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import sys
 import threading
@@ -216,10 +215,6 @@ def serve(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str]:
 def main() -> int:
     """Run the demo; 0 when everything went as expected."""
     began = time.monotonic()
-    # Show bgtasks' own WARNING lines (each retry) in the transcript.
-    log = logging.StreamHandler(sys.stdout)
-    log.setFormatter(logging.Formatter("  [log] %(message)s"))
-    logging.getLogger("bgtasks").addHandler(log)
     app = create_app(SETTINGS)
     server, thread, url = serve(app)
     print(f"bgtasks demo: the example app runs under uvicorn at {url}")
@@ -238,7 +233,6 @@ def main() -> int:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
-        logging.getLogger("bgtasks").removeHandler(log)
     print(f"OK: everything as expected, in {time.monotonic() - began:.1f} s")
     return 0
 

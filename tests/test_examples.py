@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+import logging.config
 import sys
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -26,19 +29,44 @@ Backend = Literal["asyncio", "trio"]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def load(name: str) -> ModuleType:
-    """Import examples/<name>.py the way ``python examples/demo.py`` would."""
+def load(name: str, *, register: bool = True) -> ModuleType:
+    """Import examples/<name>.py the way ``python examples/demo.py`` would.
+
+    With ``register=False`` it runs the file again as a new module, as a fresh
+    process would, and leaves ``sys.modules`` alone.
+    """
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    if register:
+        sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-example = load("app")
-demo = load("demo")
+@contextmanager
+def logging_restored() -> Iterator[None]:
+    """Undo, after the block, what the example and uvicorn configure in logging."""
+    names = ["bgtasks", "example", "uvicorn", "uvicorn.error", "uvicorn.access"]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, (handlers, level, propagate, disabled) in zip(
+            loggers, saved, strict=True
+        ):
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
+            lg.disabled = disabled
+
+
+# The app configures logging on import: keep that out of the rest of the suite.
+with logging_restored():
+    example = load("app")
+    demo = load("demo")
 FAST = example.Settings(
     smtp_failures=2,
     report_page_seconds=0.005,
@@ -59,6 +87,24 @@ def client(backend: Backend) -> Iterator[TestClient]:
     example.welcome_emails.clear()
     with TestClient(example.create_app(FAST), backend=backend) as client:
         yield client
+
+
+def test_task_logs_show_under_uvicorns_logging(
+    backend: Backend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Imported after uvicorn's default logging, the app shows bgtasks' INFO lines."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    with logging_restored():
+        logging.config.dictConfig(LOGGING_CONFIG)  # what `uvicorn app:app` does first
+        app_module = load("app", register=False)
+        with TestClient(app_module.create_app(FAST), backend=backend) as client:
+            demo.thumbnails(client, lambda line: None)
+    lines = capsys.readouterr().err.splitlines()
+    succeeded = [line for line in lines if "make_thumbnails succeeded" in line]
+    assert len(succeeded) == 1
+    assert " INFO bgtasks: " in succeeded[0]
+    assert "attempt=1 outcome=succeeded]" in succeeded[0]
 
 
 def test_report_polled_to_completion(client: TestClient) -> None:

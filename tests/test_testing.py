@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from bgtasks import MemoryStore, backoff, retry
+from bgtasks._idempotent import default_store
 from bgtasks._testing import instant_var
 from bgtasks.testing import RetryRecorder, instant_retries
 
@@ -340,3 +341,58 @@ def test_idempotency_store_fixture(idempotency_store: MemoryStore) -> None:
     assert len(idempotency_store) == 0
     assert work(3) == 6
     assert len(idempotency_store) == 1
+
+
+IDEMPOTENT_USER_TESTS = """
+import pytest
+from bgtasks import idempotent
+
+MARKER
+sent = []
+
+@idempotent(key="welcome:{email}")
+def send_welcome(email):
+    sent.append(email)
+    return len(sent)
+
+def test_first_signup():
+    assert send_welcome("ada@example.com") == 1
+
+def test_second_signup():
+    assert send_welcome("ada@example.com") == 2
+"""
+
+
+def test_each_users_test_gets_an_empty_default_store(pytester: pytest.Pytester) -> None:
+    """Two tests making the same idempotent call both run it: nothing replays."""
+    pytester.makepyfile(test_user=IDEMPOTENT_USER_TESTS.replace("MARKER", ""))
+    result = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers")
+    result.assert_outcomes(passed=2)
+
+
+def test_marker_keeps_the_previous_tests_results(pytester: pytest.Pytester) -> None:
+    """Tests marked bgtasks_keep_idempotency share the default store's results."""
+    marker = "pytestmark = pytest.mark.bgtasks_keep_idempotency"
+    pytester.makepyfile(test_user=IDEMPOTENT_USER_TESTS.replace("MARKER", marker))
+    result = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers")
+    # Replayed: send_welcome returns the first test's 1, not 2.
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*assert 1 == 2*"])
+
+
+def test_ini_option_keeps_results_in_the_whole_suite(pytester: pytest.Pytester) -> None:
+    """``bgtasks_fresh_idempotency = false`` turns the clean store off everywhere."""
+    pytester.makeini("[pytest]\nbgtasks_fresh_idempotency = false\n")
+    pytester.makepyfile(test_user=IDEMPOTENT_USER_TESTS.replace("MARKER", ""))
+    result = pytester.runpytest("-p", "no:cacheprovider", "--strict-config")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*assert 1 == 2*"])
+
+
+def test_store_emptied_after_the_test(pytester: pytest.Pytester) -> None:
+    """What a user's test records is gone once it ends."""
+    pytester.makepyfile(test_user=IDEMPOTENT_USER_TESTS.replace("MARKER", ""))
+    # In process: the user's tests share this process's default store.
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert len(default_store()) == 0

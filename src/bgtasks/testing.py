@@ -6,7 +6,8 @@
 - `fresh_idempotency_store`: an empty default idempotency store per test.
 
 The pytest plugin that bgtasks installs also provides the ``instant_retries``
-and ``idempotency_store`` fixtures.
+and ``idempotency_store`` fixtures, and empties the default idempotency store
+around every test (opt out with ``@pytest.mark.bgtasks_keep_idempotency``).
 """
 
 from __future__ import annotations
