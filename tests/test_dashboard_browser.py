@@ -79,6 +79,18 @@ async def failing(secret: str) -> None:
     raise ValueError(secret)
 
 
+async def generate_report(control: Control, pages: int, done: int) -> None:
+    """A report stuck at ``done`` of ``pages``, for the screenshots."""
+    current_task().set_progress(done / pages, f"page {done} of {pages}")
+    while not control.stop.is_set():
+        await anyio.sleep(0.02)
+
+
+async def send_welcome_email() -> str:
+    """Succeed at once, for the screenshots."""
+    return "msg-1"
+
+
 class Server:
     """The app under uvicorn in a thread, and its manager."""
 
@@ -263,8 +275,10 @@ def test_pause_stops_updates(server: Server, page: Page) -> None:
 def test_screenshots(server: Server, browser: Browser) -> None:
     """The page renders in light and dark; BGTASKS_SCREENSHOTS saves the images."""
     target = os.environ.get("BGTASKS_SCREENSHOTS")
-    for fraction in (2, 5, 8):
-        server.manager.spawn(stepper, server.control, f"rendering page {fraction}")
+    for _ in range(3):
+        server.manager.spawn(send_welcome_email)
+    for done in (2, 5, 7):
+        server.manager.spawn(generate_report, server.control, 8, done)
     for scheme in ("light", "dark"):
         context = browser.new_context(
             color_scheme=scheme, viewport={"width": 1280, "height": 720}
