@@ -69,7 +69,7 @@ def _error(status_code: int, detail: str, **extra: str) -> Response:
 
 
 def _load(name: str) -> bytes:
-    return (files(__package__) / "static" / name).read_bytes()
+    return (files("bgtasks._dashboard") / "static" / name).read_bytes()
 
 
 class Dashboard:

@@ -185,7 +185,7 @@ class ChangeFeed:
             await self._send(send, f"retry: {RECONNECT_MS}\n\n".encode() + hello)
             now = anyio.current_time()
             ends, quiet_since = now + self.lifetime, now
-            while self._source.running and now < ends:
+            while now < ends and self._source.running:
                 wake = self._wake
                 assert wake is not None
                 with anyio.move_on_after(self.tick):

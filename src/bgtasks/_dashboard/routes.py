@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
@@ -23,7 +25,8 @@ def build_dashboard(
         TypeError: ``manager`` is not a TaskManager, or the flag not a bool.
     """
     check_manager(manager, factory)
-    if not isinstance(expose_error_messages, bool):
+    flag = cast("object", expose_error_messages)  # checked at run time: a common slip
+    if not isinstance(flag, bool):
         raise TypeError(
             f"{factory}(expose_error_messages=...) must be True or False, got "
             f"{type(expose_error_messages).__name__}."
