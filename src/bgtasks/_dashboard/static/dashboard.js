@@ -18,6 +18,7 @@
     rows: new Map(), // task id -> { tr, cells, task }
     states: [], finished: new Set(),
     paused: false, source: null, poll: 0, quiet: 0, detailId: null,
+    inflight: new Set(), // changes that arrive while a page is being fetched
   };
 
   function el(tag, className, text) {
@@ -214,6 +215,7 @@
   }
 
   function applyChanges(tasks) {
+    for (const missed of view.inflight) missed.push(...tasks);
     const fresh = [];
     const newest = $("rows").firstChild;
     const top = newest ? view.rows.get(newest.dataset.id).task.created_at : "";
@@ -252,10 +254,19 @@
   }
 
   async function loadPage() {
-    const data = await getJSON(query(view.cursors[view.cursors.length - 1]));
-    view.next = data.next_cursor;
-    view.nextStale = false;
-    renderTable(data.tasks);
+    // The answer may predate changes the stream already brought: replay them.
+    const missed = [];
+    view.inflight.add(missed);
+    try {
+      const data = await getJSON(query(view.cursors[view.cursors.length - 1]));
+      view.inflight.delete(missed);
+      view.next = data.next_cursor;
+      view.nextStale = false;
+      renderTable(data.tasks);
+      if (missed.length) applyChanges(missed);
+    } finally {
+      view.inflight.delete(missed);
+    }
   }
 
   async function refresh() {
