@@ -131,12 +131,29 @@ async def test_changes_of_one_task_are_coalesced() -> None:
 
 
 async def test_nothing_changed_sends_nothing() -> None:
-    """A quiet window makes no batch at all."""
+    """A quiet window makes no batch at all, and an open window is not cut."""
     source = FakeSource()
     feed = make_feed(source)
     feed._attach()
     feed._cut(later(feed))
     assert feed._since(0) == (b"", 0)
+    source.change(snapshot(1))
+    feed._cut(anyio.current_time())  # the window is still open
+    assert feed._since(0) == (b"", 0)
+
+
+async def test_no_stream_is_served_for_a_stopped_manager() -> None:
+    """Serving while the manager is stopped sends nothing and subscribes to nothing."""
+    source = FakeSource()
+    source.running = False
+    feed = make_feed(source)
+    sent: list[bytes] = []
+
+    async def send(chunk: bytes) -> None:
+        sent.append(chunk)  # pragma: no cover - must not be called
+
+    await feed.serve(send)
+    assert (sent, feed.streams, source.callbacks) == ([], 0, [])
 
 
 async def test_a_stream_too_far_behind_is_told_to_resync() -> None:
@@ -354,6 +371,23 @@ async def test_stream_ends_at_shutdown(manager: TaskManager) -> None:
             await request.done.wait()
     assert request.ended
     assert _feed_of(router).streams == 0
+
+
+async def test_an_idle_stream_sends_keep_alive_comments(
+    manager: TaskManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing to say for HEARTBEAT, the stream sends an SSE comment."""
+    monkeypatch.setattr(feed_module, "HEARTBEAT", 0.0)
+    router = dashboard_router(manager)
+    async with manager, anyio.create_task_group() as tg:
+        request = Request(router, "/api/events")
+        tg.start_soon(request.run)
+        await request.next_events()
+        with anyio.fail_after(2):
+            while b": keep-alive\n\n" not in request._buffer:
+                request._arrived = anyio.Event()
+                await request._arrived.wait()
+        request.hang_up.set()
 
 
 async def test_stream_ends_after_its_lifetime(

@@ -331,9 +331,11 @@ def test_cancel_from_the_page(site: Site) -> None:
     again = site.client.post(url, headers=CANCEL)
     assert again.status_code == 409
     assert again.json() == {"detail": "task already finished", "state": "cancelled"}
-    assert site.client.post(
-        site.base + "api/tasks/x/cancel", headers=CANCEL
-    ).json() == {"detail": "task not found"}
+    for unknown in ["x", "a%20b"]:
+        missing = site.client.post(
+            site.base + f"api/tasks/{unknown}/cancel", headers=CANCEL
+        )
+        assert missing.json() == {"detail": "task not found"}
 
 
 def test_fastapi_dependencies_guard_every_route(backend: Backend) -> None:

@@ -103,6 +103,13 @@ def test_cursor_survives_its_task_being_dropped() -> None:
     assert ids(source.page(limit=3, cursor=cursor)) == ["t0002", "t0001", "t0000"]
 
 
+def test_cursor_older_than_everything_gives_an_empty_page() -> None:
+    """A cursor from before the oldest retained task ends the paging."""
+    source, _ = source_of([info(n) for n in range(3)])
+    page = source.page(limit=3, cursor="0~gone")
+    assert (page.tasks, page.next_cursor) == ([], None)
+
+
 def test_filters_by_state_name_and_id_prefix() -> None:
     """State, name (case-insensitive substring) and id prefix all narrow the page."""
     infos = [
