@@ -55,6 +55,7 @@ class Control:
     def __init__(self) -> None:
         self.step = 0
         self.stop = threading.Event()
+        self.finish = threading.Event()
 
 
 async def stepper(control: Control, message: str | None = None) -> str:
@@ -72,6 +73,12 @@ async def stepper(control: Control, message: str | None = None) -> str:
 async def resize_images(control: Control) -> None:
     """A second kind of task, for the name filter."""
     await stepper(control, "resizing")
+
+
+async def until_finished(control: Control) -> None:
+    """Run until the test sets ``control.finish``."""
+    while not (control.finish.is_set() or control.stop.is_set()):
+        await anyio.sleep(0.02)
 
 
 async def failing(secret: str) -> None:
@@ -241,6 +248,13 @@ def test_filter_by_name_and_state(server: Server, page: Page) -> None:
     page.get_by_label("State", exact=True).select_option("failed")
     row(page, step.id).wait_for(state="detached")
     assert page.locator("#rows .state-running").count() == 0
+    # Watching the running ones: a task that finishes leaves the table.
+    finishing = server.manager.spawn(until_finished, server.control)
+    page.get_by_label("State", exact=True).select_option("running")
+    row(page, finishing.id).wait_for()
+    server.control.finish.set()
+    row(page, finishing.id).wait_for(state="detached")
+    assert row(page, step.id).count() == 1
 
 
 def test_cancel_after_confirmation(server: Server, page: Page) -> None:

@@ -144,7 +144,7 @@
     cells.progress.append(bar, el("span", "pct"), el("span", "msg"));
     const cancel = el("button", "", "Cancel…");
     cancel.type = "button";
-    cancel.addEventListener("click", () => confirmCancel(view.rows.get(tr.dataset.id).task));
+    cancel.addEventListener("click", () => confirmCancel(view.rows.get(tr.dataset.id)?.task || task));
     cells.actions.append(cancel);
     return { tr, cells, task };
   }
@@ -221,8 +221,13 @@
     const top = newest ? view.rows.get(newest.dataset.id).task.created_at : "";
     for (const task of tasks) {
       const row = view.rows.get(task.id);
-      if (row) updateRow(row, task);
-      else if (view.cursors.length === 1 && matches(task) && (!top || when(task.created_at) > when(top))) fresh.push(task);
+      if (row && matches(task)) updateRow(row, task);
+      else if (row) {
+        // It left the filter (a "running" task that finished, say).
+        row.tr.remove();
+        view.rows.delete(task.id);
+        $("empty").hidden = view.rows.size > 0;
+      } else if (view.cursors.length === 1 && matches(task) && (!top || when(task.created_at) > when(top))) fresh.push(task);
     }
     if (detailChanged(tasks)) openDetail(view.detailId, true);
     if (!fresh.length) return;
