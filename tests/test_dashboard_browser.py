@@ -22,6 +22,7 @@ import anyio
 import pytest
 
 from bgtasks import TaskManager, current_task
+from bgtasks._dashboard import feed as feed_module
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -109,7 +110,10 @@ class Server:
 
         self.manager = TaskManager(drain_timeout=0.1)
         app = FastAPI(lifespan=lifespan(self.manager))
-        app.include_router(dashboard_router(self.manager))
+        with pytest.MonkeyPatch.context() as patch:
+            # Streams end every second, so the pages here reconnect often.
+            patch.setattr(feed_module, "LIFETIME", 1.0)
+            app.include_router(dashboard_router(self.manager))
         self.control = Control()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
@@ -273,6 +277,16 @@ def test_cancel_after_confirmation(server: Server, page: Page) -> None:
     assert info is not None
     assert info.state.value == "cancelled"
     assert line.get_by_role("button", name="Cancel").is_hidden()
+
+
+def test_stays_live_across_stream_ends(server: Server, page: Page) -> None:
+    """When a stream ends (as each does), the page reconnects and stays live."""
+    with page.expect_request(lambda request: request.url.endswith("/api/events")):
+        pass  # the next stream, opened by EventSource itself
+    page.wait_for_selector("#status.ok")
+    handle = server.manager.spawn(stepper, server.control)
+    row(page, handle.id).wait_for()
+    assert page.locator("#status").inner_text() == "Live"
 
 
 def test_pause_stops_updates(server: Server, page: Page) -> None:
