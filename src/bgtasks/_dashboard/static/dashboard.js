@@ -9,7 +9,7 @@
     id: "Id", name: "Name", state: "State", created_at: "Created",
     started_at: "Started", finished_at: "Finished", progress: "Progress",
     message: "Message", attempt: "Attempt", cancel_requested: "Cancel requested",
-    error: "Error", result: "Result", worker: "Worker",
+    error: "Error", result: "Result", worker: "Worker", next_attempt_at: "Next attempt",
   };
   const view = {
     filters: { state: "", name: "", id: "", limit: 50 },
