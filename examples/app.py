@@ -12,6 +12,8 @@ The classic use cases, each with the bgtasks piece it needs:
 - ``POST /images``: thumbnails of an uploaded image, made by a sync function in
   the thread pool that stops at ``checkpoint()`` when it is cancelled.
 - ``/tasks``: the status and cancel API of every tracked task.
+- ``/dashboard``: a live page of every tracked task (open it in a browser).
+  Protect it in a real app: ``dashboard_router(manager, dependencies=[...])``.
 
 Run it with ``uvicorn app:app`` from this directory, or ``nox -s demo``.
 Needs ``fastapi`` and ``python-multipart`` (for the upload).
@@ -42,7 +44,7 @@ from bgtasks import (
     retry,
     timeout,
 )
-from bgtasks.fastapi import TrackedTasks, lifespan, task_router
+from bgtasks.fastapi import TrackedTasks, dashboard_router, lifespan, task_router
 
 logger = logging.getLogger("example")
 
@@ -234,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     manager = TaskManager(drain_timeout=settings.drain_timeout)
     app = FastAPI(title="bgtasks example", lifespan=lifespan(manager))
     app.include_router(task_router(manager))
+    app.include_router(dashboard_router(manager))
     smtp = FlakySMTP(fail_first=settings.smtp_failures)
     images = ImageStore()
     image_ids = itertools.count(1)

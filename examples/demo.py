@@ -218,6 +218,7 @@ def main() -> int:
     app = create_app(SETTINGS)
     server, thread, url = serve(app)
     print(f"bgtasks demo: the example app runs under uvicorn at {url}")
+    print(f"  its task dashboard: {url}/dashboard")
     try:
         with httpx.Client(base_url=url, timeout=10) as client:
             run_scenarios(client, print)

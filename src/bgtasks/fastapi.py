@@ -22,6 +22,7 @@ async def create_report(user_id: int, tasks: TrackedTasks) -> dict[str, str]:
 from __future__ import annotations
 
 try:
+    from ._dashboard.fastapi import dashboard_router
     from ._fastapi import TrackedTasks, task_router, task_tag, tracked_tasks
 except ModuleNotFoundError as _exc:
     if _exc.name != "fastapi":
@@ -36,6 +37,7 @@ from ._tracked import TrackedBackgroundTasks
 __all__ = [
     "TrackedBackgroundTasks",
     "TrackedTasks",
+    "dashboard_router",
     "lifespan",
     "task_router",
     "task_tag",

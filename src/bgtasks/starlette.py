@@ -16,8 +16,9 @@ app = Starlette(
 
 from __future__ import annotations
 
+from ._dashboard.routes import dashboard_router
 from ._lifespan import lifespan
 from ._routes import task_router
 from ._tracked import TrackedBackgroundTasks
 
-__all__ = ["TrackedBackgroundTasks", "lifespan", "task_router"]
+__all__ = ["TrackedBackgroundTasks", "dashboard_router", "lifespan", "task_router"]
