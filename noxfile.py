@@ -47,7 +47,7 @@ os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
 def _install(session: nox.Session, *groups: str, project: bool = True) -> None:
     deps = [d for g in groups for d in nox.project.dependency_groups(PYPROJECT, g)]
     if project:
-        session.install("-e", ".[fastapi]", *deps)
+        session.install("-e", ".[fastapi,redis]", *deps)
     else:
         session.install(*deps)
 
@@ -77,7 +77,7 @@ def tests_lowest(session: nox.Session) -> None:
     with open(constraints, "w", encoding="utf-8") as f:
         f.write("\n".join(floors) + "\n")
     deps = nox.project.dependency_groups(PYPROJECT, "test")
-    session.install("-c", constraints, "-e", ".[fastapi]", *deps)
+    session.install("-c", constraints, "-e", ".[fastapi,redis]", *deps)
     session.run("pytest", "-q", *session.posargs)
 
 

@@ -1,0 +1,29 @@
+"""Share bgtasks' state across worker processes and hosts through Redis (or Valkey).
+
+Needs the ``redis`` extra: ``pip install "bgtasks[redis]"`` (coredis, which
+runs on asyncio and trio alike).
+
+Examples:
+    >>> from bgtasks.redis import RedisStore
+    >>> store = RedisStore.from_url("redis://localhost:6379/0", prefix="shop")
+"""
+
+from __future__ import annotations
+
+from ._redis._codec import JSONSerializer as JSONSerializer
+from ._redis._codec import Serializer as Serializer
+from ._redis._errors import BackendUnavailableError as BackendUnavailableError
+from ._redis._errors import RecordedError as RecordedError
+from ._redis._errors import RecordSerializationError as RecordSerializationError
+from ._redis._store import FencedClaim as FencedClaim
+from ._redis._store import RedisStore as RedisStore
+
+__all__ = [
+    "BackendUnavailableError",
+    "FencedClaim",
+    "JSONSerializer",
+    "RecordSerializationError",
+    "RecordedError",
+    "RedisStore",
+    "Serializer",
+]
