@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from redis_server import RedisServer, redis_server_binary
 
 __all__ = ["private_redis", "redis_prefix", "redis_server", "redis_url"]

@@ -84,16 +84,7 @@ class RedisServer:
 
     def _launch(self) -> bool:
         self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--daemonize", "no",
-                "--loglevel", "warning",
-            ],  # fmt: skip
+            [self.binary, *(a for pair in self._options().items() for a in pair)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -108,6 +99,18 @@ class RedisServer:
             time.sleep(_POLL)
         self.kill()
         return False
+
+    def _options(self) -> dict[str, str]:
+        # Nothing on disk, loopback only, quiet.
+        return {
+            "--port": str(self.port),
+            "--bind": "127.0.0.1",
+            "--save": "",
+            "--appendonly": "no",
+            "--dir": str(self.directory),
+            "--daemonize": "no",
+            "--loglevel": "warning",
+        }
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing answers."""

@@ -10,13 +10,13 @@ Examples:
 
 from __future__ import annotations
 
-from ._redis._codec import JSONSerializer as JSONSerializer
-from ._redis._codec import Serializer as Serializer
-from ._redis._errors import BackendUnavailableError as BackendUnavailableError
-from ._redis._errors import RecordedError as RecordedError
-from ._redis._errors import RecordSerializationError as RecordSerializationError
-from ._redis._store import FencedClaim as FencedClaim
-from ._redis._store import RedisStore as RedisStore
+from ._redis._codec import JSONSerializer, Serializer
+from ._redis._errors import (
+    BackendUnavailableError,
+    RecordedError,
+    RecordSerializationError,
+)
+from ._redis._store import FencedClaim, RedisStore
 
 __all__ = [
     "BackendUnavailableError",

@@ -1,4 +1,4 @@
-"""How records become bytes in Redis and back: values through a serializer, errors as data.
+"""How records become bytes in Redis and back: values serialized, errors as data.
 
 Never pickle: whoever can write to Redis must not get code execution in the
 app. Values go through ``serializer`` (JSON unless told otherwise); a recorded
@@ -8,8 +8,9 @@ they are JSON-able, and comes back as a :class:`RecordedError` descriptor.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from ._errors import RecordedError, RecordSerializationError, qualified_name
 
@@ -29,7 +30,7 @@ class Serializer(Protocol):
     """Turns a recorded value into bytes (or text) and back."""
 
     def dumps(self, obj: object, /) -> bytes | str:
-        """Return ``obj`` as bytes or text; raise ``TypeError``/``ValueError`` if not."""
+        """Return ``obj`` as bytes or text; raise TypeError or ValueError if not."""
         ...
 
     def loads(self, data: bytes, /) -> object:
@@ -102,10 +103,9 @@ def encode_error(exc: BaseException) -> bytes:
         name, message, args = qualified_name(type(exc)), str(exc), exc.args
     described: dict[str, object] = {"type": name, "message": message}
     if args is not None:
-        try:
+        # Args that are not JSON-able are left out: it replays as a RecordedError.
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
             described["args"] = json.loads(json.dumps(list(args), allow_nan=False))
-        except (TypeError, ValueError, OverflowError):
-            pass  # not JSON-able: replays as a RecordedError, never rebuilt
     return json.dumps(described, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -120,4 +120,5 @@ def decode_error(data: bytes) -> RecordedError:
         raise RecordSerializationError(
             "a stored error record is not one bgtasks wrote; forget the key."
         ) from exc
-    return RecordedError(name, message, tuple(args) if isinstance(args, list) else None)
+    listed = cast("list[object]", args) if isinstance(args, list) else None
+    return RecordedError(name, message, None if listed is None else tuple(listed))

@@ -111,7 +111,7 @@ class Connector:
         self.where = where
 
     async def call(self, fn: Callable[[coredis.Redis[bytes]], Awaitable[T]]) -> T:
-        """Return ``await fn(client)``; errors and timeouts become BackendUnavailableError."""
+        """Await ``fn(client)``; a failure or timeout raises BackendUnavailableError."""
         try:
             with anyio.fail_after(self.timeout):
                 return await fn(await self.client())
@@ -137,8 +137,10 @@ class Connector:
             await host.ready.wait()
         if host.task_group is None:
             error = host.error
-            raise error if error is not None else coredis.exceptions.ConnectionError(
-                "the connection was closed"
+            raise (
+                error
+                if error is not None
+                else coredis.exceptions.ConnectionError("the connection was closed")
             )
         return host.client
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..exceptions import BgTasksError
 
-__all__ = ["BackendUnavailableError", "RecordedError", "RecordSerializationError"]
+__all__ = ["BackendUnavailableError", "RecordSerializationError", "RecordedError"]
 
 
 class BackendUnavailableError(BgTasksError, ConnectionError):
@@ -79,9 +79,7 @@ def qualified_name(cls: type[BaseException]) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _find_type(
-    name: str, types: tuple[type[Exception], ...]
-) -> type[Exception] | None:
+def _find_type(name: str, types: tuple[type[Exception], ...]) -> type[Exception] | None:
     seen: set[type[Exception]] = set()
     stack = list(types)
     while stack:

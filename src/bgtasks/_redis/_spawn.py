@@ -12,6 +12,7 @@ on a trio loop).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -49,7 +50,6 @@ def call_soon_threadsafe(loop: object, fn: Callable[[], object]) -> None:
     native: Any = loop
     # asyncio loops and trio tokens each have one public, thread-safe entry point.
     schedule = getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon
-    try:
+    # A loop that has finished refuses, and its host has ended with it.
+    with contextlib.suppress(RuntimeError):
         schedule(fn)
-    except RuntimeError:
-        pass  # That loop has finished, and its host with it.

@@ -9,9 +9,10 @@ after ``timeout`` in any case, since pub/sub is fire-and-forget.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ import coredis
 import coredis.client
 import coredis.exceptions
 import coredis.retry
+from coredis.commands import Script
 
 from .._flight import board
 from .._stores import ClaimStatus, IdempotencyRecord
@@ -36,6 +38,7 @@ from ._connector import Connector
 from ._errors import BackendUnavailableError, RecordSerializationError
 from ._scripts import CLAIM, COMPLETE, FORGET, RELEASE
 from ._spawn import current_loop, spawn_system_task
+from ._streams import close_streams_on_exit
 
 __all__ = ["FencedClaim", "RedisStore"]
 
@@ -69,6 +72,17 @@ class _Listener:
         self.subscribed = anyio.Event()
         self.scope = anyio.CancelScope()
         self.users = 0
+
+
+def _reply(response: object) -> object:
+    return response
+
+
+def _evaluate(
+    script: Script[bytes], keys: tuple[str, ...], args: tuple[str | int | bytes, ...]
+) -> Callable[[coredis.Redis[bytes]], Awaitable[object]]:
+    """Return a call of ``script`` (EVALSHA, loading it once on NOSCRIPT)."""
+    return lambda client: script(keys=keys, args=args, client=client, callback=_reply)
 
 
 def _ms(seconds: float) -> int:
@@ -186,7 +200,9 @@ class RedisStore:
         Args:
             url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
                 for TLS, or ``unix:///path/to/redis.sock``.
-            prefix, timeout, serializer: as for :class:`RedisStore`.
+            prefix: the first part of every key, as for :class:`RedisStore`.
+            timeout: seconds any one Redis call may take.
+            serializer: turns results into bytes and back (JSON by default).
 
         Raises:
             ValueError: ``url`` is not a Redis URL.
@@ -203,14 +219,16 @@ class RedisStore:
             )
 
         def factory() -> coredis.Redis[bytes]:
-            return coredis.Redis.from_url(url, decode_responses=False)
+            return close_streams_on_exit(
+                coredis.Redis.from_url(url, decode_responses=False)
+            )
 
         factory()  # a malformed URL fails here, at construction, not on first use
         store = cls.__new__(cls)
         store._setup(factory, None, prefix, timeout, serializer, _where(url))
         return store
 
-    def _setup(
+    def _setup(  # noqa: PLR0917 - private, called twice, by position
         self,
         factory: Callable[[], coredis.Redis[bytes]] | None,
         client: coredis.client.Client[Any] | None,
@@ -273,9 +291,7 @@ class RedisStore:
         args = (owner, _ms(lease), _fingerprint_arg(fingerprint))
         reply = cast(
             "list[Any]",
-            await self._connector.call(
-                lambda client: CLAIM(keys=keys, args=args, client=client)
-            ),
+            await self._connector.call(_evaluate(CLAIM, keys, args)),
         )
         kind = reply[0]
         if kind == 1:
@@ -308,7 +324,7 @@ class RedisStore:
         record: IdempotencyRecord,
         ttl: float,
     ) -> bool:
-        """Replace the claim ``owner`` holds with ``fence`` by ``record``, for ``ttl`` s.
+        """Replace ``owner``'s claim (``fence``) by ``record``, kept ``ttl`` seconds.
 
         ``ttl`` may be ``math.inf`` (never expires). Wakes the key's waiters in
         every process. Returns ``False`` and stores nothing when the claim is
@@ -326,10 +342,9 @@ class RedisStore:
             try:
                 payload = encode_value(self._serializer, record.value)
             except RecordSerializationError:
-                try:
+                # Unreachable Redis: the lease frees the key; this error matters more.
+                with contextlib.suppress(BackendUnavailableError):
                     await self.release(key, owner=owner, fence=fence)
-                except BackendUnavailableError:
-                    pass  # the lease frees the key; the serialization error matters
                 raise
         keys = self.keys_of(key)
         args = (
@@ -343,9 +358,7 @@ class RedisStore:
             key,
         )
         try:
-            done = await self._connector.call(
-                lambda client: COMPLETE(keys=keys, args=args, client=client)
-            )
+            done: object = await self._connector.call(_evaluate(COMPLETE, keys, args))
         finally:
             board.land(self, key)
         return done == 1
@@ -359,8 +372,8 @@ class RedisStore:
         state = self.keys_of(key)[0]
         args = (owner, str(fence), self._channel, key)
         try:
-            done = await self._connector.call(
-                lambda client: RELEASE(keys=(state,), args=args, client=client)
+            done: object = await self._connector.call(
+                _evaluate(RELEASE, (state,), args)
             )
         finally:
             board.land(self, key)
@@ -390,13 +403,11 @@ class RedisStore:
         state = self.keys_of(key)[0]
         args = (self._channel, key)
         try:
-            await self._connector.call(
-                lambda client: FORGET(keys=(state,), args=args, client=client)
-            )
+            await self._connector.call(_evaluate(FORGET, (state,), args))
         finally:
             board.land(self, key)
 
-    async def wait(self, key: str, *, timeout: float) -> None:
+    async def wait(self, key: str, *, timeout: float) -> None:  # noqa: ASYNC109 - the store protocol's bound
         """Return once ``key``'s claim may have landed, or after ``timeout`` seconds.
 
         Woken by a completion or release in any process sharing this Redis.
@@ -463,7 +474,7 @@ class RedisStore:
                 ) as pubsub:
                     listener.subscribed.set()
                     async for message in pubsub:
-                        board.land(self, _text(message["data"]))
+                        board.land(self, _text(cast("bytes", message["data"])))
         except Exception:  # waiters fall back to polling; the next one resubscribes
             pass
         finally:
