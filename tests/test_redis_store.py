@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import anyio
@@ -491,6 +495,48 @@ async def test_a_users_client_is_used_and_left_open(
         assert await client.ping() == b"PONG"
 
 
+def _documented_acl() -> list[str]:
+    page = Path(__file__).resolve().parent.parent / "docs" / "workers.md"
+    line = next(
+        line.strip()
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if line.strip().startswith("ACL SETUSER shop ")
+    )
+    return line.split()[3:]
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="needs redis-cli")
+async def test_the_documented_acl_user_can_do_everything(
+    private_redis: RedisServer,
+) -> None:
+    """The ACL line of docs/workers.md grants the store all it needs, and no more."""
+    cli = ["redis-cli", "-p", str(private_redis.port)]
+    done = subprocess.run(
+        [*cli, "ACL", "SETUSER", "shop", *_documented_acl()],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "OK"
+    url = f"redis://shop:change-me@127.0.0.1:{private_redis.port}/0"
+    store = RedisStore.from_url(url, prefix="shop")
+    held = await claim(store, "f:k", "a")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: store.wait("f:k", timeout=5))
+        await _until_subscribed(store)
+        await store.complete(
+            "f:k", owner="a", fence=held.fence, record=record(1), ttl=9
+        )
+    assert await store.get("f:k") == record(1)
+    await store.forget("f:k")
+    assert await store.release("f:k", owner="a", fence=held.fence) is False
+    await store.aclose()
+    other = RedisStore.from_url(url, prefix="other")
+    with pytest.raises(BackendUnavailableError, match="AuthorizationError"):
+        await other.get("f:k")
+    await other.aclose()
+
+
 def test_a_store_made_at_import_time_serves_successive_loops(
     redis_url: str, redis_prefix: str
 ) -> None:
@@ -557,6 +603,21 @@ def test_errors_name_the_server_without_credentials() -> None:
     """The store's repr, like its errors, never shows the password in the URL."""
     store = RedisStore.from_url("rediss://app:s3cret@cache.internal:6380/2")
     assert repr(store) == "RedisStore('rediss://cache.internal:6380', prefix='bgtasks')"
+
+
+def _tls_of(store: RedisStore) -> ssl.SSLContext:
+    client = store._connector._factory()  # type: ignore[misc]
+    context = client.connection_pool.connection_kwargs["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    return context
+
+
+def test_tls_urls_verify_the_server_by_default() -> None:
+    """A rediss:// URL checks the certificate and host name unless it says not to."""
+    strict = _tls_of(RedisStore.from_url("rediss://cache.internal:6380/0"))
+    assert (strict.verify_mode, strict.check_hostname) == (ssl.CERT_REQUIRED, True)
+    loose = _tls_of(RedisStore.from_url("rediss://cache.internal/0?ssl_cert_reqs=none"))
+    assert loose.verify_mode == ssl.CERT_NONE
 
 
 def test_json_serializer_refuses_nan() -> None:

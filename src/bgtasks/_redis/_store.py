@@ -14,7 +14,7 @@ import hashlib
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import coredis
@@ -115,6 +115,21 @@ def _where(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or 'localhost'}{port}"
 
 
+def _verified_tls(url: str) -> str:
+    """Make a ``rediss://`` URL verify the server's certificate and host name.
+
+    coredis accepts any certificate unless told otherwise; a URL that sets
+    ``ssl_cert_reqs`` or ``ssl_check_hostname`` itself is left as it is.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return url
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not {"ssl_cert_reqs", "ssl_check_hostname"} & {name for name, _ in query}:
+        query += [("ssl_cert_reqs", "required"), ("ssl_check_hostname", "true")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 def _check_prefix(prefix: object) -> str:
     if not isinstance(prefix, str) or not prefix:
         raise TypeError(
@@ -199,7 +214,9 @@ class RedisStore:
 
         Args:
             url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
-                for TLS, or ``unix:///path/to/redis.sock``.
+                for TLS (the server's certificate and host name are verified,
+                unless the URL sets ``ssl_cert_reqs`` or ``ssl_check_hostname``),
+                or ``unix:///path/to/redis.sock``.
             prefix: the first part of every key, as for :class:`RedisStore`.
             timeout: seconds any one Redis call may take.
             serializer: turns results into bytes and back (JSON by default).
@@ -218,9 +235,11 @@ class RedisStore:
                 f"URL, got {url!r}."
             )
 
+        target = _verified_tls(url)
+
         def factory() -> coredis.Redis[bytes]:
             return close_streams_on_exit(
-                coredis.Redis.from_url(url, decode_responses=False)
+                coredis.Redis.from_url(target, decode_responses=False)
             )
 
         factory()  # a malformed URL fails here, at construction, not on first use
