@@ -76,8 +76,14 @@ def tests_lowest(session: nox.Session) -> None:
     constraints = session.create_tmp() + "/floors.txt"
     with open(constraints, "w", encoding="utf-8") as f:
         f.write("\n".join(floors) + "\n")
-    deps = nox.project.dependency_groups(PYPROJECT, "test")
-    session.install("-c", constraints, "-e", ".[fastapi,redis]", *deps)
+    # coredis needs a newer typing-extensions than the floor: the redis extra
+    # is left out here, and its tests skip (tests/conftest_redis.py).
+    deps = [
+        d
+        for d in nox.project.dependency_groups(PYPROJECT, "test")
+        if not d.startswith("coredis")
+    ]
+    session.install("-c", constraints, "-e", ".[fastapi]", *deps)
     session.run("pytest", "-q", *session.posargs)
 
 

@@ -210,6 +210,31 @@ async def test_wait_is_woken_from_another_event_loop_in_another_thread(
     assert await store.get("f:k") == record(2)
 
 
+async def test_many_waiters_share_one_subscription(
+    redis_url: str, redis_prefix: str, store: RedisStore
+) -> None:
+    """50 waiters of one loop use one subscription, and one landing wakes them all."""
+    other = RedisStore.from_url(redis_url, prefix=redis_prefix)
+    held = await claim(other, "f:k", "a")
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await store.wait("f:k", timeout=10)
+        woken.append(i)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(waiter, i)
+            await _until_subscribed(store)
+            assert len(store._listeners) == 1
+            assert next(iter(store._listeners.values())).users == 50
+            await other.release("f:k", owner="a", fence=held.fence)
+    await other.aclose()
+    assert sorted(woken) == list(range(50))
+    assert store._listeners == {}
+
+
 async def test_wait_polls_again_when_the_message_is_missed(
     store: RedisStore, raw: coredis.Redis[bytes]
 ) -> None:

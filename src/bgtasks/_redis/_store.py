@@ -505,5 +505,9 @@ class RedisStore:
         """Close the connections this store opened; a later call opens new ones.
 
         A client passed in by the caller stays open: it is theirs to close.
+        Waiters of this loop stop listening and fall back to their timeouts.
         """
+        listener = self._listeners.pop(current_loop(), None)
+        if listener is not None:
+            listener.scope.cancel()
         await self._connector.aclose()
