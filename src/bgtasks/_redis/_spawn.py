@@ -13,6 +13,7 @@ on a trio loop).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -37,12 +38,15 @@ def spawn_system_task(
     referenced (asyncio holds its tasks weakly). ``fn`` must catch its own
     errors: an exception escaping a trio system task crashes the run.
     """
+    # A fresh context: the task serves every caller, so it carries none's
+    # context variables (a deadline, a current task) along.
+    fresh = contextvars.Context()
     create_task = getattr(loop, "create_task", None)
     if create_task is not None:
-        return create_task(fn())
+        return fresh.run(create_task, fn())
     import trio.lowlevel  # noqa: PLC0415 - only a trio loop gets here
 
-    return trio.lowlevel.spawn_system_task(fn)
+    return trio.lowlevel.spawn_system_task(fn, context=fresh)
 
 
 def call_soon_threadsafe(loop: object, fn: Callable[[], object]) -> None:
