@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -480,6 +482,21 @@ async def test_redis_down_is_backend_unavailable_then_recovers(
     await store.aclose()
 
 
+async def test_wait_ends_quietly_when_redis_is_gone(
+    private_redis: RedisServer,
+) -> None:
+    """A wait with Redis down returns by its timeout; the next claim reports it."""
+    store = RedisStore.from_url(private_redis.url, prefix="p", timeout=0.05)
+    await claim(store, "f:k", "a")
+    private_redis.kill()
+    start = time.monotonic()
+    await store.wait("f:k", timeout=0.08)
+    assert time.monotonic() - start < 0.5
+    with pytest.raises(BackendUnavailableError):
+        await claim(store, "f:k", "b")
+    await store.aclose()
+
+
 async def test_a_frozen_redis_times_out(private_redis: RedisServer) -> None:
     """A server that stops answering costs one timeout, then works once it resumes."""
     store = RedisStore.from_url(private_redis.url, prefix="p", timeout=0.1)
@@ -518,6 +535,74 @@ async def test_a_users_client_is_used_and_left_open(
                 await waited.wait()
         await store.aclose()
         assert await client.ping() == b"PONG"
+
+
+_WORKER = """
+import json, os, sys
+import anyio
+from bgtasks._stores import IdempotencyRecord
+from bgtasks.redis import RedisStore
+
+url, prefix, backend, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+store = RedisStore.from_url(url, prefix=prefix)
+outcomes = []
+
+async def call(i):
+    owner = f"{os.getpid()}-{i}"
+    while True:
+        found = await store.claim("k", owner=owner, lease=20, fingerprint=None)
+        if found.status == "claimed":
+            await anyio.sleep(0.05)  # the body
+            value = {"ran_by": os.getpid()}
+            record = IdempotencyRecord(value, None, None)
+            await store.complete(
+                "k", owner=owner, fence=found.fence, record=record, ttl=60
+            )
+            outcomes.append("ran")
+            return
+        if found.status == "completed":
+            outcomes.append(found.record.value["ran_by"])
+            return
+        await store.wait("k", timeout=found.retry_after)
+
+async def main():
+    sys.stdin.readline()  # the go signal: both processes start together
+    async with anyio.create_task_group() as tg:
+        for i in range(count):
+            tg.start_soon(call, i)
+    await store.aclose()
+
+anyio.run(main, backend=backend)
+print(json.dumps({"pid": os.getpid(), "outcomes": outcomes}))
+"""
+
+
+def test_two_processes_run_one_body_and_share_its_result(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """200 duplicates over two processes: one runs, the rest get its result fast."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, redis_url, redis_prefix, backend, "100"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for backend in ("asyncio", "trio")
+    ]
+    start = time.monotonic()
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    reports = [json.loads(worker.communicate(timeout=20)[0]) for worker in workers]
+    # Far below the 20 s lease: the waiters were woken across processes.
+    assert time.monotonic() - start < 10
+    outcomes = [o for report in reports for o in report["outcomes"]]
+    assert outcomes.count("ran") == 1
+    runner = next(r["pid"] for r in reports if "ran" in r["outcomes"])
+    assert set(outcomes) == {"ran", runner}
+    assert len(outcomes) == 200
 
 
 def _documented_acl() -> list[str]:
