@@ -83,6 +83,21 @@ async def test_fingerprints_keep_none_and_empty_apart(store: RedisStore) -> None
     assert (await claim(store, "f:e", "b")).fingerprint is None
 
 
+async def test_a_retried_claim_or_completion_finds_its_own(
+    store: RedisStore,
+) -> None:
+    """Repeating a claim or a completion (a lost reply, retried) is no conflict."""
+    held = await claim(store, "f:k", "a")
+    again = await claim(store, "f:k", "a")
+    assert again == FencedClaim("claimed", fence=held.fence)
+    for _ in range(2):
+        assert await store.complete(
+            "f:k", owner="a", fence=held.fence, record=record(1), ttl=9
+        )
+    later = await claim(store, "f:k", "b")
+    assert later.status == "completed"
+
+
 async def test_wrong_owner_or_stale_fence_is_rejected(store: RedisStore) -> None:
     """Only the current owner with the current fence may complete or release."""
     held = await claim(store, "f:k", "a")
@@ -486,7 +501,7 @@ async def test_wait_ends_quietly_when_redis_is_gone(
     private_redis: RedisServer,
 ) -> None:
     """A wait with Redis down returns by its timeout; the next claim reports it."""
-    store = RedisStore.from_url(private_redis.url, prefix="p", timeout=0.05)
+    store = RedisStore.from_url(private_redis.url, prefix="p", timeout=1.0)
     await claim(store, "f:k", "a")
     private_redis.kill()
     start = time.monotonic()

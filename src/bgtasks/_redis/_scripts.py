@@ -6,6 +6,12 @@ tag, so all of them run on one slot of a Redis Cluster. The state hash holds
 fingerprint (``"="``-prefixed, absent for none) and, once done, ``v`` (a value)
 or ``e`` (an error). The counter key holds the last fence handed out.
 
+Claim and complete are idempotent for their caller: a claim by the owner that
+already holds the key returns that claim, and completing a claim that this
+very fence already completed succeeds again. So a call retried after a lost
+reply (the client retries once on a dropped connection) cannot find its own
+claim "in progress", nor report its own completion as refused.
+
 Fences only grow: a fence is the greater of the last one plus one and the
 server's clock in microseconds, so even after the counter has expired (it
 lives as long as the longest claim or record that used it) a new fence is
@@ -21,11 +27,13 @@ __all__ = ["CLAIM", "COMPLETE", "FORGET", "RELEASE"]
 
 # KEYS: state, counter. ARGV: owner, lease_ms, fingerprint.
 # Returns {1, fence} | {2, fingerprint, value, error} | {3, fingerprint, ms_left}.
+# The owner that holds the key gets its own claim back.
 CLAIM: Script[bytes] = Script(
     script="""
-local s = redis.call('HMGET', KEYS[1], 's', 'p', 'v', 'e')
+local s = redis.call('HMGET', KEYS[1], 's', 'p', 'v', 'e', 'o', 'f')
 if s[1] == 'done' then return {2, s[2], s[3], s[4]} end
 if s[1] == 'run' then
+  if s[5] == ARGV[1] then return {1, tonumber(s[6])} end
   local left = redis.call('PTTL', KEYS[1])
   if left > 0 then return {3, s[2], left} end
 end
@@ -53,6 +61,7 @@ return {1, fence}
 COMPLETE: Script[bytes] = Script(
     script="""
 local s = redis.call('HMGET', KEYS[1], 's', 'o', 'f')
+if s[1] == 'done' and s[3] == ARGV[2] then return 1 end
 if s[1] ~= 'run' or s[2] ~= ARGV[1] or s[3] ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 's', 'done', 'f', ARGV[2], ARGV[5], ARGV[6])

@@ -44,6 +44,13 @@ __all__ = ["FencedClaim", "RedisStore"]
 
 _SCHEMES = ("redis", "rediss", "unix")
 
+#: A dropped connection (a pooled one, after Redis restarted) is retried at
+#: once on a fresh one; the scripts are idempotent for their caller, so a
+#: retry cannot double an effect. Timeouts are not retried: the caller's own.
+_RETRY = coredis.retry.ConstantRetryPolicy(
+    (coredis.exceptions.ConnectionError,), retries=2, delay=0.01
+)
+
 
 class FencedClaim(NamedTuple):
     """:class:`~bgtasks._stores.ClaimResult`'s fields, plus the claim's fence.
@@ -238,9 +245,10 @@ class RedisStore:
         target = _verified_tls(url)
 
         def factory() -> coredis.Redis[bytes]:
-            return close_streams_on_exit(
-                coredis.Redis.from_url(target, decode_responses=False)
+            client = coredis.Redis.from_url(
+                target, decode_responses=False, retry_policy=_RETRY
             )
+            return close_streams_on_exit(client)
 
         factory()  # a malformed URL fails here, at construction, not on first use
         store = cls.__new__(cls)
