@@ -8,7 +8,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,10 +17,10 @@ import anyio
 import coredis
 import pytest
 
+from bgtasks._redis._store import FencedClaim
 from bgtasks._stores import IdempotencyRecord
 from bgtasks.redis import (
     BackendUnavailableError,
-    FencedClaim,
     JSONSerializer,
     RecordedError,
     RecordSerializationError,
@@ -749,8 +748,3 @@ def test_json_serializer_refuses_nan() -> None:
     """The default serializer writes strict JSON: NaN is an error, not a token."""
     with pytest.raises(ValueError, match="JSON"):
         JSONSerializer().dumps(math.nan)
-
-
-def test_no_thread_is_left_behind() -> None:
-    """The store needs no thread of its own: hosts are tasks of their loops."""
-    assert not [t for t in threading.enumerate() if "redis" in t.name.lower()]

@@ -16,11 +16,10 @@ from ._redis._errors import (
     RecordedError,
     RecordSerializationError,
 )
-from ._redis._store import FencedClaim, RedisStore
+from ._redis._store import RedisStore
 
 __all__ = [
     "BackendUnavailableError",
-    "FencedClaim",
     "JSONSerializer",
     "RecordSerializationError",
     "RecordedError",

@@ -11,8 +11,9 @@ from __future__ import annotations
 import coredis
 from typing_extensions import assert_type
 
+from bgtasks._redis._store import FencedClaim
 from bgtasks._stores import IdempotencyRecord
-from bgtasks.redis import FencedClaim, JSONSerializer, RecordedError, RedisStore
+from bgtasks.redis import JSONSerializer, RecordedError, RedisStore
 
 store = RedisStore.from_url("redis://localhost", prefix="shop", timeout=0.5)
 assert_type(store, RedisStore)

@@ -205,7 +205,8 @@ class RedisStore:
                 f"RedisStore(client) takes a coredis client, got "
                 f"{type(client).__name__}: use RedisStore.from_url(url) to make one."
             )
-        where = str(client.connection_pool.location or "redis")
+        location = client.connection_pool.location
+        where = str(location) if location else type(client).__name__
         self._setup(None, client, prefix, timeout, serializer, where)
 
     @classmethod
