@@ -10,6 +10,9 @@ import pytest
 
 from bgtasks._core import ManagerCore
 
+# Real redis-server processes, for the tests of bgtasks.redis.
+pytest_plugins = ["conftest_redis"]
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:

@@ -1,0 +1,138 @@
+"""RedisStore's per-call cost against the same number of raw coredis round trips.
+
+Starts its own loopback redis-server (or uses ``--url``) and, on asyncio and
+trio, times sequential calls: a first call's ``claim`` + ``complete`` against
+a raw ``SET`` + ``GET``, and a replay (``claim`` of a completed key) and a
+``get`` against one raw ``GET``. Each repeat times short interleaved chunks of
+every kind and keeps each kind's fastest; the ratios are shown as median
+(min..max) over the repeats.
+
+    python benchmarks/redis_bench.py [--quick] [--url redis://127.0.0.1:6379/0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import coredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bgtasks._stores import IdempotencyRecord
+from bgtasks.redis import RedisStore
+from redis_server import RedisServer
+
+VALUE = {"user": 42, "sent": True}
+RECORD = IdempotencyRecord(VALUE, None, None)
+CHUNKS = 10
+
+
+async def _timed(calls: int, one: Callable[[int], Awaitable[object]]) -> float:
+    start = time.perf_counter()
+    for i in range(calls):
+        await one(i)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+async def _measure(url: str, calls: int, repeats: int) -> dict[str, list[float]]:
+    store = RedisStore.from_url(url, prefix=f"bench{uuid.uuid4().hex[:8]}")
+    run = uuid.uuid4().hex[:8]
+    async with coredis.Redis.from_url(url, decode_responses=False) as raw:
+        await raw.set("bench:raw", b'{"user":42,"sent":true}')
+
+        async def raw_two(i: int) -> object:
+            await raw.set(f"bench:raw:{i % 64}", b'{"user":42,"sent":true}')
+            return await raw.get("bench:raw")
+
+        async def raw_one(i: int) -> object:
+            return await raw.get("bench:raw")
+
+        async def first_call(i: int) -> object:
+            key = f"b:{run}:{i}:{uuid.uuid4().hex}"
+            claim = await store.claim(key, owner="o", lease=10, fingerprint=None)
+            return await store.complete(
+                key, owner="o", fence=claim.fence, record=RECORD, ttl=60
+            )
+
+        async def replay(i: int) -> object:
+            return await store.claim("b:done", owner="x", lease=10, fingerprint=None)
+
+        async def get(i: int) -> object:
+            return await store.get("b:done")
+
+        await first_call(0)
+        done = await store.claim("b:done", owner="o", lease=10, fingerprint=None)
+        await store.complete(
+            "b:done", owner="o", fence=done.fence, record=RECORD, ttl=600
+        )
+        for warm in (raw_two, raw_one, first_call, replay, get):
+            await _timed(200, warm)
+        fns = {
+            "raw2": raw_two,
+            "first": first_call,
+            "raw1": raw_one,
+            "replay": replay,
+            "get": get,
+        }
+        rows: dict[str, list[float]] = {name: [] for name in fns}
+        chunk = max(1, calls // CHUNKS)
+        for _ in range(repeats):
+            # Short chunks, interleaved, the fastest of each kept: a busy
+            # machine's noise then lands on both sides of every ratio alike.
+            best = dict.fromkeys(fns, float("inf"))
+            for _ in range(CHUNKS):
+                for name, fn in fns.items():
+                    best[name] = min(best[name], await _timed(chunk, fn))
+            for name in fns:
+                rows[name].append(best[name])
+    await store.aclose()
+    return rows
+
+
+def _report(backend: str, rows: dict[str, list[float]]) -> None:
+    def ratios(ours: str, raw: str) -> str:
+        r = [a / b for a, b in zip(rows[ours], rows[raw], strict=True)]
+        return f"{statistics.median(r):.2f}x ({min(r):.2f}..{max(r):.2f})"
+
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    lines = [
+        ("raw SET+GET", "raw2", ""),
+        ("claim+complete", "first", f"{ratios('first', 'raw2')} of raw SET+GET"),
+        ("raw GET", "raw1", ""),
+        ("claim (replay)", "replay", f"{ratios('replay', 'raw1')} of raw GET"),
+        ("get", "get", f"{ratios('get', 'raw1')} of raw GET"),
+    ]
+    print(f"{backend}:")
+    for label, name, note in lines:
+        print(f"  {label:18s} {med[name]:7.1f} µs   {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats")
+    parser.add_argument("--url", help="an existing Redis to use (keys are prefixed)")
+    args = parser.parse_args()
+    calls, repeats = (300, 3) if args.quick else (2000, 7)
+    server = None
+    url = args.url
+    if url is None:
+        server = RedisServer(Path(tempfile.mkdtemp(prefix="bgtasks-bench-"))).start()
+        url = server.url
+    try:
+        print(f"{calls} sequential calls x {repeats} repeats, {url}")
+        for backend in ("asyncio", "trio"):
+            _report(backend, anyio.run(_measure, url, calls, repeats, backend=backend))
+    finally:
+        if server is not None:
+            server.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Share bgtasks' state across worker processes and hosts through Redis (or Valkey).
+
+Needs the ``redis`` extra: ``pip install "bgtasks[redis]"`` (coredis, which
+runs on asyncio and trio alike).
+
+Examples:
+    >>> from bgtasks.redis import RedisStore
+    >>> store = RedisStore.from_url("redis://localhost:6379/0", prefix="shop")
+"""
+
+from __future__ import annotations
+
+from ._redis._codec import JSONSerializer, Serializer
+from ._redis._errors import (
+    BackendUnavailableError,
+    RecordedError,
+    RecordSerializationError,
+)
+from ._redis._store import RedisStore
+
+__all__ = [
+    "BackendUnavailableError",
+    "JSONSerializer",
+    "RecordSerializationError",
+    "RecordedError",
+    "RedisStore",
+    "Serializer",
+]

@@ -1,0 +1,100 @@
+"""Fixtures for tests against real ``redis-server`` processes.
+
+Loaded from ``conftest.py`` (``pytest_plugins``), so its hooks see the whole
+run. Without the binary, a test that needs Redis skips with the reason,
+except under ``CI=true``, where it fails: CI installs Debian's redis-server
+(``.ci/run``) and must prove Redis. Without coredis (the ``redis`` extra,
+left out of the ``tests_lowest`` session, whose typing-extensions floor is
+older than coredis allows), whatever imports it is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from redis_server import RedisServer, redis_server_binary
+
+__all__ = ["private_redis", "redis_prefix", "redis_server", "redis_url"]
+
+_MISSING = (
+    "redis-server not found: install Debian's redis-server package (.ci/run does)"
+)
+
+
+HAVE_COREDIS = importlib.util.find_spec("coredis") is not None
+_NO_COREDIS = "coredis is not installed: install the redis extra (bgtasks[redis])"
+# What imports coredis: the Redis modules and their doctests, their tests, and
+# the pages and public-API checks that import bgtasks.redis.
+_NEEDS_COREDIS = ("test_redis_store.py",)
+_ITEMS_NEEDING_COREDIS = ("docs/workers.md", "bgtasks.redis")
+
+
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    """Leave out the files that import coredis when it is not installed."""
+    if HAVE_COREDIS:
+        return None
+    parts = collection_path.parts
+    if collection_path.name in _NEEDS_COREDIS or "_redis" in parts:
+        return True
+    if collection_path.name == "redis.py" and "bgtasks" in parts:
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip the page and API checks of bgtasks.redis when coredis is missing."""
+    if HAVE_COREDIS:
+        return
+    skip = pytest.mark.skip(reason=_NO_COREDIS)
+    for item in items:
+        if any(name in item.nodeid for name in _ITEMS_NEEDING_COREDIS):
+            item.add_marker(skip)
+
+
+def _require_binary() -> str:
+    binary = redis_server_binary()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(_MISSING + "; under CI=true this is a failure, not a skip")
+        pytest.skip(_MISSING)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole run; tests keep apart by key prefix."""
+    binary = _require_binary()
+    server = RedisServer(tmp_path_factory.mktemp("redis"), binary).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the shared redis-server."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses, so tests never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop, kill or restart."""
+    binary = _require_binary()
+    server = RedisServer(tmp_path, binary).start()
+    try:
+        yield server
+    finally:
+        server.kill()
