@@ -1,0 +1,1 @@
+"""Redis backends: the client layer, the idempotency store, the task mirror."""
