@@ -44,44 +44,47 @@ local function now_ms()
 end
 """
 
-# KEYS: task hashes. ARGV: wid, finished_ttl_ms, safety_ms, then per key:
-# gen, create ("1"/"0"), state ("" = unchanged), n, then n field/value pairs.
-# Returns {index, code, ...} for every key whose code is not 1:
-#   2 = this exact final write is already there (a retry), treat as written;
+# KEYS: none on a single server (each key is head .. id .. "}"), or one per
+# task on a cluster. ARGV: wid, finished_ttl_ms, safety_ms, head, then a JSON
+# array with one [id, gen, create (0/1), state ("" = unchanged), field, value,
+# ...] per task: one argument, as coredis spends more per argument than Redis
+# spends decoding JSON. Returns {index, code, ...} for each task not written:
+#   2 = this exact final write is there already (a retry): counts as written;
 #   0 = fenced: the record is final already (a reaper declared it interrupted);
 #  -1 = another submission with this id is active (a reused id);
 #  -2 = the record is gone (expired or trimmed) and this is no creating write.
 WRITE_TASKS = Script(
     _STATES
     + """
-local wid, ttl, safety = ARGV[1], ARGV[2], ARGV[3]
+local wid, ttl, safety, head = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
-local a = 4
-for k = 1, #KEYS do
-  local key = KEYS[k]
-  local gen, create, state, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  local first = a + 4
-  a = first + 2 * n
+for k, t in ipairs(cjson.decode(ARGV[5])) do
+  local key = KEYS[k] or (head .. t[1] .. '}')
+  local gen, create, state = t[2], t[3] == 1, t[4]
   local cur = redis.call('HMGET', key, 'gen', 'state')
   local code = 1
   if cur[1] == gen then
     if TERMINAL[cur[2]] then
       if cur[2] == state then code = 2 else code = 0 end
     end
-  elseif create == '1' then
-    if cur[1] and ACTIVE[cur[2]] then code = -1 else redis.call('DEL', key) end
+  elseif create then
+    if cur[1] and ACTIVE[cur[2]] then
+      code = -1
+    elseif cur[1] or cur[2] then
+      redis.call('DEL', key)
+    end
   else
     code = -2
   end
   if code == 1 then
-    local args = {'worker', wid}
-    if create == '1' then args[3] = 'gen'; args[4] = gen end
-    if state ~= '' then args[#args + 1] = 'state'; args[#args + 1] = state end
-    for j = first, a - 1 do args[#args + 1] = ARGV[j] end
+    local args, n = {'worker', wid}, 2
+    if create then args[3] = 'gen'; args[4] = gen; n = 4 end
+    if state ~= '' then args[n + 1] = 'state'; args[n + 2] = state; n = n + 2 end
+    for j = 5, #t do args[n + j - 4] = t[j] end
     redis.call('HSET', key, unpack(args))
     if TERMINAL[state] then
       redis.call('PEXPIRE', key, ttl)
-    elseif create == '1' then
+    elseif create then
       redis.call('PEXPIRE', key, safety)
     end
   else
