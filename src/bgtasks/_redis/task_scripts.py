@@ -78,7 +78,9 @@ for k, t in ipairs(cjson.decode(ARGV[5])) do
   end
   if code == 1 then
     local args, n = {'worker', wid}, 2
-    if create then args[3] = 'gen'; args[4] = gen; n = 4 end
+    if create then
+      args[3] = 'gen'; args[4] = gen; args[5] = 'id'; args[6] = t[1]; n = 6
+    end
     if state ~= '' then args[n + 1] = 'state'; args[n + 2] = state; n = n + 2 end
     for j = 5, #t do args[n + j - 4] = t[j] end
     redis.call('HSET', key, unpack(args))

@@ -34,6 +34,7 @@ import anyio
 import coredis
 from anyio.abc import TaskStatus
 from coredis.exceptions import NoScriptError, RedisError
+from coredis.tokens import PureToken
 
 from .._validate import to_seconds
 from ..exceptions import BgTasksError
@@ -147,6 +148,9 @@ class TaskMirror:
             past it the oldest unfinished updates are dropped, with a WARNING.
         heartbeat_interval / reap_interval / progress_interval / max_backoff:
             the loop's periods (defaults: lease/3, lease/2, 0.25 s, 1 s).
+        reap_grace: seconds of contact with Redis before this worker judges
+            others (default: lease), so that after an outage every live
+            worker renews its lease before anyone is declared dead.
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class TaskMirror:
         reap_interval: float | None = None,
         progress_interval: float = 0.25,
         max_backoff: float = 1.0,
+        reap_grace: float | None = None,
     ) -> None:
         if not prefix:
             raise ValueError(f"TaskMirror(prefix={prefix!r}) takes a non-empty str.")
@@ -183,6 +188,9 @@ class TaskMirror:
         )
         self._progress_interval = _seconds("progress_interval", progress_interval)
         self._max_backoff = _seconds("max_backoff", max_backoff)
+        self._reap_grace = self._lease if reap_grace is None else reap_grace
+        if self._reap_grace:
+            self._reap_grace = _seconds("reap_grace", self._reap_grace)
         self._on_cancel = on_cancel
         self._on_fenced = on_fenced
         self._cluster = isinstance(client, coredis.RedisCluster)
@@ -745,9 +753,9 @@ class TaskMirror:
     async def reap(self) -> list[str]:
         """Declare dead the workers whose lease lapsed; report their tasks interrupted.
 
-        Waits one lease after this worker (re)gained contact with Redis, so
-        that after an outage every live worker renews its lease before anyone
-        judges it. Returns the ids of the workers reaped here.
+        Waits ``reap_grace`` after this worker (re)gained contact with Redis,
+        so that after an outage every live worker renews its lease before
+        anyone judges it. Returns the ids of the workers reaped here.
 
         Raises:
             BackendUnavailableError: Redis failed.
@@ -755,15 +763,20 @@ class TaskMirror:
         if (
             self._server_clock is None
             or self._contact_since is None
-            or time.monotonic() - self._contact_since < self._lease
+            or time.monotonic() - self._contact_since < self._reap_grace
         ):
             return []
         server_now, at = self._server_clock
         now_ms = server_now + (time.monotonic() - at) * 1000.0
 
         async def due() -> tuple[Any, ...]:
-            return await self._client.zrangebyscore(
-                self._workers_key, -math.inf, now_ms, offset=0, count=_REAP_SCAN
+            return await self._client.zrange(
+                self._workers_key,
+                "-inf",
+                repr(now_ms),
+                sortby=PureToken.BYSCORE,
+                offset=0,
+                count=_REAP_SCAN,
             )
 
         reaped: list[str] = []
