@@ -709,6 +709,8 @@ class TaskMirror:
             return
         deadline, server_now = float(reply[0]), float(reply[1])
         self._server_clock = (server_now, time.monotonic())
+        if self._closed:
+            return  # a beat that raced close(): stay unregistered
 
         async def register() -> None:
             await self._client.zadd(self._workers_key, {wid: deadline})
