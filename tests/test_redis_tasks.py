@@ -19,6 +19,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from coredis.connection import BaseConnection
 
+from bgtasks._redis.task_scripts import CLAIM_REAP
 from bgtasks._redis.tasks import (
     BackendUnavailableError,
     CancelRequest,
@@ -541,3 +542,62 @@ def test_bad_options_fail_at_construction(
     """Each bad option fails when the mirror is made, naming the option."""
     with pytest.raises(error, match=option):
         TaskMirror(coredis.Redis(decode_responses=True), **{option: value})  # type: ignore[arg-type]
+
+
+async def test_a_reaper_that_stalls_is_taken_over(redis_server: _Server) -> None:
+    """A reaper that claimed a dead worker and vanished loses its lock to the next."""
+    lease = 0.1
+    async with _client(redis_server) as client:
+        a, b, _, _ = await _reap_setup(client, lease)
+        await anyio.sleep(lease * 1.5)
+        keys = [f"t:worker:{{{a.worker_id}}}{part}" for part in ("", ":fenced")]
+        keys += [f"t:worker:{{{a.worker_id}}}{part}" for part in (":tasks", ":reaping")]
+        # A reaper claims A, then dies before interrupting anything.
+        await client.script_load(CLAIM_REAP.source)
+        claim = await client.evalsha(CLAIM_REAP.sha, keys, ["gone-reaper", 100, 60_000])
+        assert isinstance(claim, list)
+        assert claim[0] == "reap"
+        await b.heartbeat()
+        assert await b.reap() == []  # its lock still holds
+        await anyio.sleep(0.12)
+        assert await b.reap() == [a.worker_id]
+        got = await b.get("a1")
+        assert got is not None
+        assert got["state"] == "interrupted"
+
+
+async def test_a_retried_final_write_is_no_fence(redis_server: _Server) -> None:
+    """Resending a final write whose reply was lost counts as written, not fenced."""
+    async with _client(redis_server) as client:
+        mirror = TaskMirror(client, prefix="t")
+        _create(mirror, "a")
+        _finish(mirror, "a")
+        entry = mirror._dirty["a"]
+        await mirror.flush()
+        mirror._dirty["a"] = entry  # as if the reply had been lost
+        await mirror.flush()
+        assert mirror._rejected == set()
+        assert await client.zscore("{t}:finished", "a") is not None
+
+
+async def test_a_reused_id_is_a_new_submission(
+    redis_server: _Server, records: list[logging.LogRecord]
+) -> None:
+    """A finished id may run again; an id active on another worker is not taken."""
+    async with _client(redis_server) as client:
+        a = TaskMirror(client, prefix="t")
+        b = TaskMirror(client, prefix="t")
+        _create(a, "x")
+        _finish(a, "x")
+        await a.flush()
+        _create(a, "x")
+        await a.flush()
+        got = await a.get("x")
+        assert got is not None
+        assert (got["state"], got.get("finished")) == ("pending", None)
+        _create(b, "x")
+        await b.flush()
+        got = await a.get("x")
+        assert got is not None
+        assert got["worker"] == a.worker_id
+        assert any("active on another worker" in r.getMessage() for r in records)
