@@ -601,3 +601,36 @@ async def test_a_reused_id_is_a_new_submission(
         assert got is not None
         assert got["worker"] == a.worker_id
         assert any("active on another worker" in r.getMessage() for r in records)
+
+
+async def test_a_fenced_worker_moves_to_its_new_channel(redis_server: _Server) -> None:
+    """Once fenced, a running worker listens on its new channel and owns its tasks."""
+    fenced = anyio.Event()
+    cancelled = anyio.Event()
+    async with _client(redis_server) as client:
+        a = TaskMirror(
+            client,
+            prefix="t",
+            lease=60,
+            heartbeat_interval=0.02,
+            on_fenced=lambda ids: fenced.set(),
+            on_cancel=lambda tid: cancelled.set(),
+        )
+        b = TaskMirror(client, prefix="t")
+        async with anyio.create_task_group() as tg:
+            await tg.start(a.run)
+            _create(a, "t1")
+            await a.flush()
+            old = a.worker_id
+            await client.set(f"t:worker:{{{old}}}:fenced", "x")  # as a reaper does
+            with anyio.fail_after(5):
+                await fenced.wait()
+                new = a.worker_id
+                while f"t:ctl:{new}" not in await client.pubsub_channels():
+                    await anyio.sleep(0.005)
+            assert new != old
+            assert f"t:ctl:{old}" not in await client.pubsub_channels()
+            assert await b.request_cancel("t1") == CancelRequest("requested", new)
+            with anyio.fail_after(5):
+                await cancelled.wait()
+            tg.cancel_scope.cancel()
