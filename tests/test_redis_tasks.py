@@ -269,6 +269,11 @@ async def test_cancel_survives_a_lost_message_through_the_heartbeat(
         a = TaskMirror(client, prefix="t", on_cancel=heard.append)
         b = TaskMirror(client, prefix="t")
         await a.heartbeat()
+        worker = await client.hgetall(f"t:worker:{{{a.worker_id}}}")
+        assert (worker["host"], worker["pid"]) == (
+            socket.gethostname(),
+            str(os.getpid()),
+        )
         _create(a, "job-1")
         await a.flush()
         assert (await b.request_cancel("job-1")).outcome == "requested"
@@ -634,3 +639,21 @@ async def test_a_fenced_worker_moves_to_its_new_channel(redis_server: _Server) -
             with anyio.fail_after(5):
                 await cancelled.wait()
             tg.cancel_scope.cancel()
+
+
+async def test_a_filtered_list_examines_a_bounded_number_of_entries(
+    redis_server: _Server,
+) -> None:
+    """A rare state costs a bounded scan per page; the cursor goes on from there."""
+    async with _client(redis_server) as client:
+        mirror = TaskMirror(client, prefix="t")
+        base = 1_700_000_000.0
+        for i in range(300):
+            _create(mirror, f"t{i:03}", created=base + i)
+        mirror.push("t000", {"state": "failed", "finished": time.time()}, terminal=True)
+        await mirror.flush()
+        page, cursor = await mirror.list(state="failed", limit=1)
+        assert page == []
+        assert cursor == ((base + 44) * 1000, "t044")  # 256 newest examined
+        page, cursor = await mirror.list(state="failed", limit=1, cursor=cursor)
+        assert [row["id"] for row in page] == ["t000"]
