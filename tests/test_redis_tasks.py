@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -62,8 +63,13 @@ class _Server:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.01)
 
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot stop
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
@@ -657,3 +663,29 @@ async def test_a_filtered_list_examines_a_bounded_number_of_entries(
         assert cursor == ((base + 44) * 1000, "t044")  # 256 newest examined
         page, cursor = await mirror.list(state="failed", limit=1, cursor=cursor)
         assert [row["id"] for row in page] == ["t000"]
+
+
+async def test_a_paused_redis_times_out_then_answers_in_order(
+    redis_server: _Server,
+) -> None:
+    """Against a SIGSTOPped server reads give up at the timeout; later replies match."""
+    timeout = 0.2
+    async with _client(redis_server) as client:
+        mirror = TaskMirror(client, prefix="t", timeout=timeout)
+        _create(mirror, "a")
+        await mirror.flush()
+        redis_server.signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError):
+            await mirror.get("a")
+        assert timeout <= time.monotonic() - started < timeout + 0.2
+        _create(mirror, "b")
+        with pytest.raises(BackendUnavailableError):
+            await mirror.flush()
+        redis_server.signal(signal.SIGCONT)
+        await mirror.flush()  # the update that timed out was kept
+        got = await mirror.get("b")
+        assert got is not None
+        assert got["id"] == "b"
+        page, _ = await mirror.list()
+        assert [row["id"] for row in page] == ["b", "a"]
