@@ -15,6 +15,14 @@ hash tag, so every script touches one slot):
 - ``P:workers`` sorted set: worker id by lease deadline (server ms).
 - ``P:worker:{WID}`` hash (host, pid, started, lease_until) with ``:tasks``,
   ``:cancels``, ``:fenced`` and ``:reaping`` beside it; channel ``P:ctl:WID``.
+
+How a manager uses it: ``await task_group.start(mirror.run)`` on entry; one
+``push`` per transition, with the fields of the design (``name created state
+started finished attempt progress message next_attempt_at error_type
+error_message result result_omitted``; ``id``, ``worker`` and ``gen`` are the
+mirror's); ``await mirror.close()`` after the drain, once the drained tasks'
+final states were pushed. Reads (``get``, ``list``, ``request_cancel``)
+return the hash's text fields and raise :class:`BackendUnavailableError`.
 """
 
 from __future__ import annotations
