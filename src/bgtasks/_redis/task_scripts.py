@@ -16,6 +16,7 @@ __all__ = [
     "DELETE_FINISHED",
     "FINISH_REAP",
     "HEARTBEAT",
+    "INDEX_CREATED",
     "INDEX_FINISHED",
     "INTERRUPT_TASKS",
     "REQUEST_CANCEL",
@@ -146,19 +147,42 @@ return out
 """
 )
 
+# KEYS: the created index, the finished index. ARGV: a JSON array [id, created
+# ms, ...] of new submissions. Indexes them (after their records were written,
+# so a reader never drops a new entry as stale) and forgets a reused id's
+# old finished entry.
+INDEX_CREATED = Script(
+    """
+local items = cjson.decode(ARGV[1])
+for i = 1, #items, 1000 do
+  local add, ids = {}, {}
+  for j = i, math.min(i + 999, #items), 2 do
+    add[#add + 1] = items[j + 1]
+    add[#add + 1] = items[j]
+    ids[#ids + 1] = items[j]
+  end
+  redis.call('ZADD', KEYS[1], unpack(add))
+  redis.call('ZREM', KEYS[2], unpack(ids))
+end
+return 1
+"""
+)
+
 # KEYS: the created index, the finished index. ARGV: max_finished, cutoff ms,
-# then id, finished ms pairs. Indexes those finished tasks, drops the entries
-# finished before the cutoff and the oldest past max_finished from both
-# indexes, and returns the dropped ids (their hashes go next, slot by slot).
+# a JSON array [id, finished ms, ...]. Indexes those finished tasks, drops the
+# entries finished before the cutoff and the oldest past max_finished from
+# both indexes, and returns the dropped ids (their hashes go next, by slot).
 INDEX_FINISHED = Script(
     """
-local add = {}
-for i = 3, #ARGV, 2 do
-  add[#add + 1] = ARGV[i + 1]
-  add[#add + 1] = ARGV[i]
-  if #add >= 1000 then redis.call('ZADD', KEYS[2], 'NX', unpack(add)); add = {} end
+local items = cjson.decode(ARGV[3])
+for i = 1, #items, 1000 do
+  local add = {}
+  for j = i, math.min(i + 999, #items), 2 do
+    add[#add + 1] = items[j + 1]
+    add[#add + 1] = items[j]
+  end
+  redis.call('ZADD', KEYS[2], 'NX', unpack(add))
 end
-if #add > 0 then redis.call('ZADD', KEYS[2], 'NX', unpack(add)) end
 local popped = redis.call('ZRANGE', KEYS[2], '-inf', '(' .. ARGV[2], 'BYSCORE',
   'LIMIT', 0, 1000)
 if #popped > 0 then redis.call('ZREM', KEYS[2], unpack(popped)) end

@@ -390,6 +390,7 @@ class TaskMirror:
                 scripts.FINISH_REAP,
                 scripts.REQUEST_CANCEL,
                 scripts.SCAN_INDEX,
+                scripts.INDEX_CREATED,
                 scripts.INDEX_FINISHED,
                 scripts.DELETE_FINISHED,
             ):
@@ -478,7 +479,7 @@ class TaskMirror:
         wid = self._wid
         ids = list(batch)
         rows: list[list[str | int]] = []
-        created: dict[str | bytes, float] = {}
+        created: list[str | float] = []
         active: list[str] = []
         finals: list[str] = []
         for tid, entry in batch.items():
@@ -496,7 +497,7 @@ class TaskMirror:
                     row.append(value if type(value) is str else _text(value))
             rows.append(row)
             if entry.create:
-                created[tid] = _ms(fields.get("created"))
+                created += (tid, _ms(fields.get("created")))
             if entry.final:
                 finals.append(tid)
             else:
@@ -513,9 +514,6 @@ class TaskMirror:
                 # Listed as this worker's before the write, so a crash now is reaped.
                 if active:
                     pipe.sadd(tasks_key, active)
-                if created:
-                    pipe.zadd(self._index_key, created)
-                    pipe.zrem(self._finished_key, list(created))
                 replies = [
                     pipe.evalsha(
                         scripts.WRITE_TASKS.sha,
@@ -524,6 +522,12 @@ class TaskMirror:
                     )
                     for keys, chunk in calls
                 ]
+                if created:
+                    pipe.evalsha(
+                        scripts.INDEX_CREATED.sha,
+                        [self._index_key, self._finished_key],
+                        [json.dumps(created)],
+                    )
                 if finals:
                     pipe.srem(tasks_key, finals)
             return [await reply for reply in replies]
@@ -568,12 +572,14 @@ class TaskMirror:
 
     async def _index_finished(self, finished: Mapping[str, float]) -> None:
         """Index finished tasks, then trim the indexes by count and age."""
-        args: list[str | float] = [
+        pairs: list[str | float] = []
+        for tid, ms in finished.items():
+            pairs += (tid, ms)
+        args: list[str | int] = [
             self._max_finished,
             math.floor((time.time() - self._ttl) * 1000.0),
+            json.dumps(pairs),
         ]
-        for tid, ms in finished.items():
-            args += (tid, ms)
 
         async def send() -> Any:
             return await self._client.evalsha(
