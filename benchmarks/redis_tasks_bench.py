@@ -11,7 +11,9 @@ Each task makes three transitions (pending, running, succeeded) through
   checkpoint between bursts, so flushes overlap the pushes as in an app.
 
 Times cover the pushes and the writes until Redis acknowledged all of them,
-with ``max_finished`` at N so trimming costs nothing here. Starts its own
+with ``max_finished`` at N so trimming costs nothing here. On a shared machine
+wall-clock rates swing with the load, so each line also gives the CPU time
+per task of this process (the app's event loop) and of redis-server. Starts its own
 ``redis-server`` (``--save "" --appendonly no``) and stops it at the end.
 Not a test: nothing is asserted about time.
 """
@@ -83,19 +85,30 @@ async def _streaming(client: coredis.Redis[str], n: int, prefix: str) -> float:
     return elapsed
 
 
-async def _measure(port: int, n: int, repeats: int) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {"batch": [], "streaming": []}
+async def _server_cpu(client: coredis.Redis[str]) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])  # type: ignore[arg-type]
+
+
+Sample = tuple[float, float, float]  # tasks/s, our CPU µs/task, server CPU µs/task
+
+
+async def _measure(port: int, n: int, repeats: int) -> dict[str, list[Sample]]:
+    samples: dict[str, list[Sample]] = {"batch": [], "streaming": []}
     async with coredis.Redis(port=port, decode_responses=True) as client:
         for r in range(repeats + 1):  # the first round warms up
             for shape, bench in (("batch", _batch), ("streaming", _streaming)):
                 await client.flushall()
+                cpu, server = time.process_time(), await _server_cpu(client)
                 seconds = await bench(client, n, f"bench{r}")
+                cpu = (time.process_time() - cpu) / n * 1e6
+                server = (await _server_cpu(client) - server) / n * 1e6
                 written = await client.zcard(f"{{bench{r}}}:finished")
                 if written != n:
                     raise RuntimeError(f"{shape}: {written} of {n} tasks written")
                 if r:
-                    rates[shape].append(n / seconds)
-    return rates
+                    samples[shape].append((n / seconds, cpu, server))
+    return samples
 
 
 def main() -> int:
@@ -127,12 +140,16 @@ def main() -> int:
                 f"repeats, Python {sys.version.split()[0]}, {os.cpu_count()} cores"
             )
             for backend in ("asyncio", "trio"):
-                rates = anyio.run(_measure, port, args.n, args.repeats, backend=backend)
-                for shape, values in rates.items():
-                    median = statistics.median(values)
+                runs = anyio.run(_measure, port, args.n, args.repeats, backend=backend)
+                for shape, samples in runs.items():
+                    rates = [rate for rate, _, _ in samples]
+                    ours = statistics.median(cpu for _, cpu, _ in samples)
+                    server = statistics.median(cpu for _, _, cpu in samples)
                     print(
-                        f"  {backend:8} {shape:10} median {median:>9,.0f} tasks/s"
-                        f"  (min {min(values):,.0f} .. max {max(values):,.0f})"
+                        f"  {backend:8} {shape:10} median "
+                        f"{statistics.median(rates):>7,.0f} tasks/s (min "
+                        f"{min(rates):,.0f} .. max {max(rates):,.0f}); CPU per "
+                        f"task: app {ours:.1f} µs, redis-server {server:.1f} µs"
                     )
         finally:
             proc.terminate()

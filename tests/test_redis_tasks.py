@@ -689,3 +689,32 @@ async def test_a_paused_redis_times_out_then_answers_in_order(
         assert got["id"] == "b"
         page, _ = await mirror.list()
         assert [row["id"] for row in page] == ["b", "a"]
+
+
+async def test_progress_is_written_while_state_changes_never_stop(
+    redis_server: _Server,
+) -> None:
+    """A flush kept busy by other tasks' state changes still writes progress."""
+    async with _client(redis_server) as client:
+        mirror = TaskMirror(client, prefix="t", progress_interval=0.05)
+        async with anyio.create_task_group() as tg:
+            await tg.start(mirror.run)
+            _create(mirror, "a")
+            await mirror.flush()
+            mirror.push("a", {"progress": 0.25}, terminal=False, progress_only=True)
+            with anyio.fail_after(3):  # the loop wrote progress: the next must wait
+                while (got := await mirror.get("a")) is None or "progress" not in got:
+                    await anyio.sleep(0.005)
+
+            async def busy() -> None:  # more than the flusher can write
+                for i in range(0, 1_000_000, 50):
+                    for j in range(i, i + 50):
+                        _create(mirror, f"busy{j}")
+                    await anyio.sleep(0)
+
+            tg.start_soon(busy)
+            mirror.push("a", {"progress": 0.5}, terminal=False, progress_only=True)
+            with anyio.fail_after(3):
+                while (got := await mirror.get("a")) and got["progress"] != "0.5":
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()

@@ -438,14 +438,21 @@ class TaskMirror:
         await self._flush(progress=True)
 
     async def _flush(self, *, progress: bool) -> None:
+        """Write what waits; progress if ``progress`` or once its period is up."""
         async with self._flush_lock:
-            while self._dirty or (progress and self._progress):
-                batch = self._take(progress=progress)
+            while self._dirty or (
+                self._progress and (progress or self._progress_due())
+            ):
+                batch = self._take(progress=progress or self._progress_due())
                 try:
                     await self._write(batch)
                 except BaseException:
                     self._restore(batch)
                     raise
+
+    def _progress_due(self) -> bool:
+        # Checked per batch: under steady load one flush call never returns.
+        return time.monotonic() - self._progress_flushed >= self._progress_interval
 
     def _take(self, *, progress: bool) -> dict[str, _Pending]:
         batch = self._dirty
@@ -646,9 +653,8 @@ class TaskMirror:
                     await self._wake.wait()
             self._wake = anyio.Event()
             self._woken = False
-            due = time.monotonic() - self._progress_flushed >= self._progress_interval
             try:
-                await self._flush(progress=due)
+                await self._flush(progress=False)
             except BackendUnavailableError as exc:
                 self._failed(exc)
                 backoff = min(max(2 * backoff, 0.05), self._max_backoff)
