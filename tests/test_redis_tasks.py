@@ -534,6 +534,12 @@ def test_the_buffer_is_bounded_and_keeps_final_updates(
     # A task whose creating update was dropped is not mirrored at all.
     mirror.push("open0", {"state": "running"}, terminal=False)
     assert "open0" not in mirror._dirty
+    for i in range(5, 30):  # only final updates: the oldest of them go
+        fields: dict[str, FieldValue] = {"name": "job", "state": "succeeded"}
+        mirror.push(f"final{i}", fields, terminal=True)
+    assert len(mirror._dirty) <= 10
+    assert "final29" in mirror._dirty
+    assert "final0" not in mirror._dirty
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ return the hash's text fields and raise :class:`BackendUnavailableError`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -319,6 +320,7 @@ class TaskMirror:
                     entry = _Pending(gen, True, dict(fields))
                 else:
                     entry = _Pending(gen, False, dict(fields))
+            entry.final = entry.final or terminal  # before _bound weighs it
             self._dirty[task_id] = entry
             self._bound()
         else:
@@ -342,10 +344,11 @@ class TaskMirror:
             self._progress.pop(next(iter(self._progress)))
             dropped += 1
         if dropped < excess:
-            doomed = [tid for tid, e in self._dirty.items() if not e.final]
-            doomed = doomed[: excess - dropped]
-            if len(doomed) < excess - dropped:
-                doomed += list(self._dirty)[: excess - dropped - len(doomed)]
+            need = excess - dropped
+            doomed = [tid for tid, e in self._dirty.items() if not e.final][:need]
+            if len(doomed) < need:  # only final updates left: the oldest go
+                finals = (tid for tid, e in self._dirty.items() if e.final)
+                doomed += itertools.islice(finals, need - len(doomed))
             for tid in doomed:
                 entry = self._dirty.pop(tid, None)
                 if entry is not None and entry.create and not entry.final:
