@@ -699,7 +699,8 @@ class TaskMirror:
                                 self._notify(self._on_cancel, data)
                 except Exception as exc:  # connection lost (in a group): resubscribe
                     self._failed(exc)
-                    backoff = min(max(2 * backoff, 0.05), self._max_backoff)
+            if not scope.cancelled_caught:  # not our move to a new channel: wait a bit
+                backoff = min(max(2 * backoff, 0.05), self._max_backoff)
 
     async def heartbeat(self) -> None:
         """Renew this worker's lease and take the cancels asked of it.
