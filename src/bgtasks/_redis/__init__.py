@@ -1,1 +1,1 @@
-"""Everything bgtasks keeps in Redis: the client layer and the stores built on it."""
+"""Everything bgtasks keeps in Redis: the client layer, the idempotency store, the task mirror."""
