@@ -5,13 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import signal
 import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import anyio
 import coredis
@@ -28,11 +24,9 @@ from bgtasks._redis.tasks import (
     TaskMirror,
 )
 from bgtasks.exceptions import BgTasksError
-
 from redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
-
 
 
 @contextlib.asynccontextmanager
@@ -96,7 +90,9 @@ async def test_push_flush_get_round_trip(private_redis: RedisServer) -> None:
         assert await mirror.get("nope") is None
 
 
-async def test_progress_pushes_coalesce_into_one_write(private_redis: RedisServer) -> None:
+async def test_progress_pushes_coalesce_into_one_write(
+    private_redis: RedisServer,
+) -> None:
     """100 progress pushes before a flush cost one task write and one EVALSHA."""
     async with _client(private_redis) as client:
         mirror = TaskMirror(client, prefix="t")
@@ -564,7 +560,9 @@ async def test_a_reused_id_is_a_new_submission(
         assert any("active on another worker" in r.getMessage() for r in records)
 
 
-async def test_a_fenced_worker_moves_to_its_new_channel(private_redis: RedisServer) -> None:
+async def test_a_fenced_worker_moves_to_its_new_channel(
+    private_redis: RedisServer,
+) -> None:
     """Once fenced, a running worker listens on its new channel and owns its tasks."""
     fenced = anyio.Event()
     cancelled = anyio.Event()

@@ -1,1 +1,1 @@
-"""Everything bgtasks keeps in Redis: the client layer, the idempotency store, the task mirror."""
+"""Everything bgtasks keeps in Redis: client layer, idempotency store, task mirror."""

@@ -46,8 +46,8 @@ from coredis.exceptions import NoScriptError, RedisError
 from coredis.tokens import PureToken
 
 from .._validate import to_seconds
-from ._errors import BackendUnavailableError
 from . import task_scripts as scripts
+from ._errors import BackendUnavailableError
 
 __all__ = [
     "BackendUnavailableError",
