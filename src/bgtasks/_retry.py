@@ -17,10 +17,12 @@ from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 import anyio
+import anyio.from_thread
 from typing_extensions import ParamSpec
 
 from ._backoff import exponential
 from ._context import attempt_var, running_task_var
+from ._deadline import in_worker_thread, remaining, stop_if_due
 from ._retry_options import build_policy
 from ._retry_policy import RetryEvent, RetryPolicy, RetryRun
 from ._wrap import is_async_callable, wrap_same_kind
@@ -281,7 +283,9 @@ def _retry_sync(
             if pending is not None:
                 _discard(run, pending)
             if not run.instant and event.delay > 0:
-                _sync_sleep(event.delay)
+                _wait_sync(event.delay)
+            # A cancelled host task or a passed @timeout starts no new attempt.
+            stop_if_due(f"the retry of {name}")
             run.attempt += 1
             token = _enter_attempt(run.attempt)
             try:
@@ -351,6 +355,22 @@ async def _retry_async(
         # Locals that hold exceptions would form exception -> traceback -> frame
         # cycles, keeping the arguments alive until the garbage collector runs.
         error = event = None
+
+
+def _wait_sync(delay: float) -> None:
+    """Wait ``delay`` seconds, or less: until a @timeout deadline or a cancel.
+
+    In an anyio worker thread the wait runs on the host task's event loop, in
+    its cancel scope, so cancelling the task ends the wait at once (raising its
+    cancellation exception here). Elsewhere nothing can cancel the thread.
+    """
+    left = remaining()
+    if left is not None:
+        delay = min(delay, left)  # stop_if_due raises TimeoutError after it
+    if in_worker_thread():
+        anyio.from_thread.run(_async_sleep, delay)
+    else:
+        _sync_sleep(delay)
 
 
 def _enter_attempt(attempt: int) -> Any:
