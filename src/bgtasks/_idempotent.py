@@ -155,8 +155,9 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
     Raises:
         TypeError: an option has the wrong type, ``key`` is missing, or the
             decorator was used bare (``@idempotent`` without parentheses).
-        ValueError: an unknown ``on_duplicate``, a non-positive duration, or a
-            key template naming something that is not an argument.
+        ValueError: an unknown ``on_duplicate``, a non-positive duration, an
+            empty key, or a key template naming something that is not an
+            argument.
 
     Examples:
         >>> @idempotent(key="welcome:{email}")
@@ -182,6 +183,11 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
         raise TypeError(
             f"@idempotent(key=...) must be a str template or a callable, got "
             f"{type(key).__name__}."
+        )
+    if key == "":
+        raise ValueError(
+            '@idempotent(key="") is empty, so every call would share one key: name '
+            'the arguments that make a call unique, as in key="welcome:{email}".'
         )
     if on_duplicate not in _MODES:
         raise ValueError(

@@ -164,18 +164,31 @@ def _compiled_key(
     Each field is formatted exactly as ``str.format`` would: conversion, then
     ``format(value, spec)``; it saves the per-call parse on the hit path.
     """
-    head = prefix + parsed[0][0]
+    # The parser splits literal text at each escaped brace ("{{" ends an item
+    # with "{"), so join the literals before each field, and those after the last.
+    fields: list[tuple[str, str, str | None, str | None]] = []
+    text = ""
+    for literal, field, spec, conversion in parsed:
+        text += literal
+        if field is not None:
+            fields.append((text, field, spec, conversion))
+            text = ""
+    literals = [before for before, *_ in fields] + [text]
+    head = prefix + literals[0]
     parts: list[
         tuple[str, int, bool, Any, Callable[[object], str] | None, str, str]
     ] = []
-    for i, (_literal, field, spec, conversion) in enumerate(parsed):
-        if field is None:
-            continue
-        following = parsed[i + 1][0] if i + 1 < len(parsed) else ""
+    for i, (_before, field, spec, conversion) in enumerate(fields):
         if conversion not in _CONVERSIONS:
             raise fail(ValueError(f"unknown conversion specifier {conversion!r}"))
         parts.append(
-            (field, *where(field), _CONVERSIONS[conversion], spec or "", following)
+            (
+                field,
+                *where(field),
+                _CONVERSIONS[conversion],
+                spec or "",
+                literals[i + 1],
+            )
         )
 
     def compiled_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
