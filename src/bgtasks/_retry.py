@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
@@ -38,7 +38,7 @@ _NO_RESULT: Any = None
 _sync_clock: Callable[[], float] = time.monotonic
 _sync_sleep: Callable[[float], object] = time.sleep
 _async_clock: Callable[[], float] = anyio.current_time
-_async_sleep: Callable[[float], Awaitable[object]] = anyio.sleep
+_async_sleep: Callable[[float], Coroutine[Any, Any, object]] = anyio.sleep
 
 
 def retry(
