@@ -43,9 +43,14 @@ def _template_fields(template: str) -> list[str]:
             f"@idempotent(key={template!r}) is not a valid str.format template: {exc}."
         ) from exc
     names: list[str] = []
-    for _literal, field, spec, _conversion in parsed:
+    for _literal, field, spec, conversion in parsed:
         if field is None:
             continue
+        if conversion not in _CONVERSIONS:
+            raise ValueError(
+                f"@idempotent(key={template!r}) has an unknown conversion specifier "
+                f"!{conversion}: use !r, !s or !a, or none."
+            )
         name = _FIELD_END.split(field, maxsplit=1)[0]
         if not name.isidentifier():
             raise ValueError(
@@ -75,7 +80,8 @@ def _template_key(
     def fail(exc: Exception) -> ValueError:
         return ValueError(
             f"could not format the idempotency key template {template!r} for "
-            f"{qualname}(): {type(exc).__name__}: {exc}"
+            f"{qualname}(): it raised {type(exc).__name__} (the original is this "
+            "error's __cause__)"
         )
 
     if any(params[n].kind in _VARIADIC for n in names):
@@ -179,8 +185,6 @@ def _compiled_key(
         tuple[str, int, bool, Any, Callable[[object], str] | None, str, str]
     ] = []
     for i, (_before, field, spec, conversion) in enumerate(fields):
-        if conversion not in _CONVERSIONS:
-            raise fail(ValueError(f"unknown conversion specifier {conversion!r}"))
         parts.append(
             (
                 field,
@@ -222,7 +226,11 @@ def _user_str_function(
         try:
             value = user(*args, **kwargs)
         except Exception as exc:
-            raise ValueError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+            # Only the type: the message may hold argument values (an email).
+            raise ValueError(
+                f"{what} raised {type(exc).__name__} (the original is this "
+                "error's __cause__)"
+            ) from exc
         if not isinstance(value, str):
             raise TypeError(
                 f"{what} must return a str, got {type(value).__name__}{hint}."
@@ -316,7 +324,8 @@ def make_fingerprint(
         except Exception as exc:
             raise ValueError(
                 f"cannot fingerprint the arguments of {qualname}(): an argument's "
-                f"repr raised {type(exc).__name__}: {exc}"
+                f"repr raised {type(exc).__name__} (the original is this error's "
+                "__cause__)"
             ) from exc
         data = text.encode("utf-8", "backslashreplace")
         return hashlib.blake2b(data, digest_size=16).hexdigest()
