@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Protocol
 
-__all__ = ["RunningTask", "attempt_var", "running_task_var"]
+__all__ = ["LOGGED_MARKER", "RunningTask", "attempt_var", "running_task_var"]
 
 
 class RunningTask(Protocol):
@@ -24,6 +24,11 @@ class RunningTask(Protocol):
         """Tell the manager that ``bgtasks.retry`` started attempt ``attempt``."""
         ...
 
+
+# An attribute set (to True) on every ``logged`` wrapper, and copied by the
+# decorators above it: the TaskManager does not log a failure such a function
+# has logged already, so one failure makes one ERROR record.
+LOGGED_MARKER = "__bgtasks_logged__"
 
 # Set by the TaskManager around the execution of each managed task.
 running_task_var: ContextVar[RunningTask | None] = ContextVar(

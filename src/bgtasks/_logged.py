@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
-from ._context import attempt_var, running_task_var
+from ._context import LOGGED_MARKER, attempt_var, running_task_var
 from ._wrap import check_decoratable, wrap_same_kind
 
 __all__ = ["LoggedDecorator", "SuppressingLoggedDecorator", "logged"]
@@ -100,7 +100,10 @@ def logged(
     name), ``task_id`` (the ``TaskManager`` id, or ``None``), ``attempt`` (the
     ``retry`` attempt, 1 outside ``retry``); the records at the end add
     ``duration`` (seconds) and ``outcome`` (``"succeeded"``, ``"failed"`` or
-    ``"cancelled"``); with ``log_args``, ``task_args`` maps names to reprs.
+    ``"cancelled"``), and the failure record ``error_type`` (the exception's
+    class name); with ``log_args``, ``task_args`` maps names to reprs. A
+    ``TaskManager`` running a ``logged`` function leaves the failure to this
+    record instead of logging its own.
 
     Args:
         func: the function, when used bare as ``@logged``.
@@ -144,9 +147,13 @@ def logged(
             hidden=hidden,
             suppress=suppress,
         )
-        return wrap_same_kind(
+        wrapper = wrap_same_kind(
             func, "logged", sync=call.make_sync, async_=call.make_async
         )
+        # The TaskManager skips its own failure record for a function that
+        # logs its failures itself; decorators above copy __dict__, so keep it.
+        wrapper.__dict__[LOGGED_MARKER] = True
+        return wrapper
 
     return decorate if func is None else decorate(func)
 
@@ -257,8 +264,8 @@ class _Call:
             start = perf_counter()
             try:
                 result = func(*args, **kwargs)
-            except Exception:
-                self.failed(fields, perf_counter() - start)
+            except Exception as exc:
+                self.failed(fields, perf_counter() - start, exc)
                 if self.suppress:
                     return None
                 raise
@@ -279,8 +286,8 @@ class _Call:
             start = perf_counter()
             try:
                 result = await func(*args, **kwargs)
-            except Exception:
-                self.failed(fields, perf_counter() - start)
+            except Exception as exc:
+                self.failed(fields, perf_counter() - start, exc)
                 if self.suppress:
                     return None
                 raise
@@ -327,19 +334,24 @@ class _Call:
             extra={**fields, "duration": duration, "outcome": "succeeded"},
         )
 
-    def failed(self, fields: dict[str, Any] | None, duration: float) -> None:
+    def failed(
+        self, fields: dict[str, Any] | None, duration: float, exc: Exception
+    ) -> None:
         if not self.logger.isEnabledFor(logging.ERROR):
             return
+        error_type = type(exc).__qualname__
         self.logger.error(
-            "%s failed after %.3f s%s",
+            "%s failed after %.3f s with %s%s",
             self.name,
             duration,
+            error_type,
             " (suppressed: returning None)" if self.suppress else "",
             exc_info=True,
             extra={
                 **(fields or self.fields()),
                 "duration": duration,
                 "outcome": "failed",
+                "error_type": error_type,
             },
         )
 
