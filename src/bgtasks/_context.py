@@ -7,9 +7,18 @@ works alone and they compose in any order.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
-__all__ = ["LOGGED_MARKER", "RunningTask", "attempt_var", "running_task_var"]
+__all__ = [
+    "IDEMPOTENT_MARKER",
+    "LOGGED_MARKER",
+    "DuplicateOutcome",
+    "RunningTask",
+    "attempt_var",
+    "outcome_var",
+    "report_outcome",
+    "running_task_var",
+]
 
 
 class RunningTask(Protocol):
@@ -38,3 +47,29 @@ running_task_var: ContextVar[RunningTask | None] = ContextVar(
 # The retry attempt in progress. ``retry`` sets it only from the second attempt
 # on, so the success path pays nothing; unset means attempt 1.
 attempt_var: ContextVar[int] = ContextVar("bgtasks.attempt", default=1)
+
+# How an ``idempotent`` call ended without running its body.
+DuplicateOutcome = Literal["replayed", "waited", "skipped"]
+
+# An attribute of every ``idempotent`` wrapper (copied upward like the one
+# above): a function that makes it report its outcomes through outcome_var.
+# ``logged`` calls it at decoration, so functions without ``logged`` above
+# their ``idempotent`` pay nothing on a hit.
+IDEMPOTENT_MARKER = "__bgtasks_idempotent__"
+
+# The fields of the ``logged`` call in progress, set by a ``logged`` wrapping an
+# ``idempotent`` function; ``idempotent`` writes ``"outcome"`` there when its
+# call replayed, waited or skipped, and removes it when the body ran.
+outcome_var: ContextVar[dict[str, Any] | None] = ContextVar(
+    "bgtasks.outcome", default=None
+)
+
+
+def report_outcome(outcome: DuplicateOutcome | None) -> None:
+    """Tell the ``logged`` call around, if any, how the idempotent call ended."""
+    slot = outcome_var.get()
+    if slot is not None:
+        if outcome is None:
+            slot.pop("outcome", None)
+        else:
+            slot["outcome"] = outcome

@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
+from ._context import IDEMPOTENT_MARKER, outcome_var, report_outcome
 from ._keys import make_fingerprint, make_key
 from ._single_flight import RUN, OnDuplicate, Policy, new_owner
 from ._stores import IdempotencyStore, MemoryStore
@@ -244,12 +245,15 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
             wait_timeout=wait_s,
             record_errors=errors,
         )
-        return wrap_same_kind(
+        wrapper = wrap_same_kind(
             func,
             "idempotent",
             sync=functools.partial(_sync_wrapper, policy),
             async_=functools.partial(_async_wrapper, policy),
         )
+        # After update_wrapper, so an idempotent below does not replace it.
+        wrapper.__dict__[IDEMPOTENT_MARKER] = policy.start_reporting
+        return wrapper
 
     return decorate
 
@@ -258,15 +262,20 @@ def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any
     # Locals: the hit path is a handful of lookups, no attribute access on policy.
     store, key_of, fingerprint_of = policy.store, policy.key_of, policy.fingerprint_of
     lease = policy.lease
+    reporting = False  # until a logged above calls report(): one cell read a hit
 
     def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
         key = key_of(args, kwargs)
         fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
         record = store.get(key)
         if record is not None:
+            if reporting:
+                report_outcome("replayed")
             if fp is None and record.error is None:
                 return record.value
             return policy.replay(record, fp)
+        # The logged call around, read now: the body may set another one.
+        slot = outcome_var.get() if reporting else None
         owner = new_owner()
         found = store.claim(key, owner=owner, lease=lease, fingerprint=fp)
         if found.status != "claimed":
@@ -277,10 +286,19 @@ def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any
             value = func(*args, **kwargs)
         except BaseException as exc:
             policy.fail(key, owner, fp, exc)
+            if slot is not None:
+                slot.pop("outcome", None)  # it ran: a nested call's is not ours
             raise
         policy.succeed(key, owner, fp, value)
+        if slot is not None:
+            slot.pop("outcome", None)
         return value
 
+    def report() -> None:
+        nonlocal reporting
+        reporting = policy.reporting = True
+
+    policy.start_reporting = report
     return idempotent_wrapper
 
 
@@ -290,15 +308,20 @@ def _async_wrapper(
     # Locals: the hit path is a handful of lookups, no attribute access on policy.
     store, key_of, fingerprint_of = policy.store, policy.key_of, policy.fingerprint_of
     lease = policy.lease
+    reporting = False  # until a logged above calls report(): one cell read a hit
 
     async def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
         key = key_of(args, kwargs)
         fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
         record = store.get(key)
         if record is not None:
+            if reporting:
+                report_outcome("replayed")
             if fp is None and record.error is None:
                 return record.value
             return policy.replay(record, fp)
+        # The logged call around, read now: the body may set another one.
+        slot = outcome_var.get() if reporting else None
         owner = new_owner()
         found = store.claim(key, owner=owner, lease=lease, fingerprint=fp)
         if found.status != "claimed":
@@ -309,8 +332,17 @@ def _async_wrapper(
             value = await func(*args, **kwargs)
         except BaseException as exc:
             policy.fail(key, owner, fp, exc)
+            if slot is not None:
+                slot.pop("outcome", None)  # it ran: a nested call's is not ours
             raise
         policy.succeed(key, owner, fp, value)
+        if slot is not None:
+            slot.pop("outcome", None)
         return value
 
+    def report() -> None:
+        nonlocal reporting
+        reporting = policy.reporting = True
+
+    policy.start_reporting = report
     return idempotent_wrapper

@@ -25,7 +25,13 @@ from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
-from ._context import LOGGED_MARKER, attempt_var, running_task_var
+from ._context import (
+    IDEMPOTENT_MARKER,
+    LOGGED_MARKER,
+    attempt_var,
+    outcome_var,
+    running_task_var,
+)
 from ._wrap import check_decoratable, wrap_same_kind
 
 __all__ = ["LoggedDecorator", "SuppressingLoggedDecorator", "logged"]
@@ -139,6 +145,10 @@ def logged(
         if log_args:
             check_decoratable(func, "logged")  # before inspect.signature trips on it
             signature = _signature_for(func, hidden)
+        # An idempotent function below reports its replays, waits and skips.
+        start_reporting = getattr(func, IDEMPOTENT_MARKER, None)
+        if start_reporting is not None:
+            start_reporting()
         call = _Call(
             target,
             levelno,
@@ -146,6 +156,7 @@ def logged(
             signature=signature,
             hidden=hidden,
             suppress=suppress,
+            hears_outcomes=start_reporting is not None,
         )
         wrapper = wrap_same_kind(
             func, "logged", sync=call.make_sync, async_=call.make_async
@@ -236,10 +247,28 @@ def _name_of(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", None) or repr(func)
 
 
+# The end record's message per outcome; all but "succeeded" come from idempotent.
+_END_MESSAGES = {
+    "succeeded": "%s succeeded in %.3f s",
+    "replayed": "%s replayed the recorded result of its idempotency key in %.3f s",
+    "waited": "%s waited for the running call of its idempotency key and got its "
+    "result in %.3f s",
+    "skipped": "%s skipped: its idempotency key was running elsewhere (%.3f s)",
+}
+
+
 class _Call:
     """The logging around one decorated function; its wrappers share it."""
 
-    __slots__ = ("hidden", "level", "logger", "name", "signature", "suppress")
+    __slots__ = (
+        "hears_outcomes",
+        "hidden",
+        "level",
+        "logger",
+        "name",
+        "signature",
+        "suppress",
+    )
 
     def __init__(
         self,
@@ -250,7 +279,9 @@ class _Call:
         signature: inspect.Signature | None,
         hidden: frozenset[str],
         suppress: bool,
+        hears_outcomes: bool = False,
     ) -> None:
+        self.hears_outcomes = hears_outcomes
         self.logger = logger
         self.level = level
         self.name = name
@@ -307,6 +338,10 @@ class _Call:
         if not self.logger.isEnabledFor(self.level):
             return None
         fields = self.fields()
+        if self.hears_outcomes:
+            # Not reset after the call: idempotent reads it before any code it
+            # runs could set another, and an ended call's dict is never read.
+            outcome_var.set(fields)
         if self.signature is None:
             self.logger.log(self.level, "%s started", self.name, extra=fields)
             return fields
@@ -326,20 +361,37 @@ class _Call:
         return fields
 
     def succeeded(self, fields: dict[str, Any], duration: float) -> None:
+        outcome = fields.pop("outcome", "succeeded")
         self.logger.log(
             self.level,
-            "%s succeeded in %.3f s",
+            _END_MESSAGES[outcome],
             self.name,
             duration,
-            extra={**fields, "duration": duration, "outcome": "succeeded"},
+            extra={**fields, "duration": duration, "outcome": outcome},
         )
 
     def failed(
         self, fields: dict[str, Any] | None, duration: float, exc: Exception
     ) -> None:
+        error_type = type(exc).__qualname__
+        if fields is not None and fields.pop("outcome", None) == "replayed":
+            # The real failure was logged when it happened; this is its copy.
+            self.logger.log(
+                self.level,
+                "%s replayed the recorded error %s of its idempotency key in %.3f s",
+                self.name,
+                error_type,
+                duration,
+                extra={
+                    **fields,
+                    "duration": duration,
+                    "outcome": "replayed",
+                    "error_type": error_type,
+                },
+            )
+            return
         if not self.logger.isEnabledFor(logging.ERROR):
             return
-        error_type = type(exc).__qualname__
         self.logger.error(
             "%s failed after %.3f s with %s%s",
             self.name,

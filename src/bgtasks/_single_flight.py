@@ -13,10 +13,12 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import anyio
 
+from ._context import DuplicateOutcome, report_outcome
 from ._deadline import checkpoint, remaining
 from ._flight import board
 from ._keys import KeyFunction
@@ -63,6 +65,10 @@ def new_owner() -> str:
     return f"{_owners.prefix}-{next(_owners.counter)}"
 
 
+def _no_op() -> None:
+    """Stand in for the wrapper's ``start_reporting`` until it is built."""
+
+
 class Policy:
     """The options of one decorated function, and its slow paths."""
 
@@ -73,6 +79,8 @@ class Policy:
         "mode",
         "name",
         "record_errors",
+        "reporting",
+        "start_reporting",
         "store",
         "ttl",
         "wait_timeout",
@@ -100,6 +108,9 @@ class Policy:
         self.lease = lease
         self.wait_timeout = wait_timeout
         self.record_errors = record_errors
+        # Set by ``logged`` above: report replays, waits and skips to it.
+        self.reporting = False
+        self.start_reporting: Callable[[], None] = _no_op
 
     def replay(self, record: IdempotencyRecord | None, fingerprint: str | None) -> Any:
         """Return (or raise) a completed key's recorded outcome."""
@@ -123,16 +134,22 @@ class Policy:
                 "arguments."
             )
 
-    def _settle(self, found: ClaimResult, fingerprint: str | None) -> Any:
+    def _settle(
+        self, found: ClaimResult, fingerprint: str | None, outcome: DuplicateOutcome
+    ) -> Any:
         # A "claimed" or "completed" result: run, or replay.
         if found.status == "claimed":
             return RUN
+        if self.reporting:
+            report_outcome(outcome)
         return self.replay(found.record, fingerprint)
 
     def _duplicate_now(self, found: ClaimResult, fingerprint: str | None) -> Any:
         # The key is running elsewhere and this mode does not wait.
         self._check_conflict(found.fingerprint, fingerprint)
         if self.mode == "skip":
+            if self.reporting:
+                report_outcome("skipped")
             return None
         raise DuplicateTaskError(
             f"{self.name}() is already running for this idempotency key "
@@ -164,7 +181,7 @@ class Policy:
     ) -> Any:
         """Replay, skip, raise, or wait in this thread until the key is free or done."""
         if found.status != "in_progress":
-            return self._settle(found, fingerprint)
+            return self._settle(found, fingerprint, "replayed")
         if self.mode != "wait":
             return self._duplicate_now(found, fingerprint)
         deadline = (
@@ -178,7 +195,7 @@ class Policy:
                     key, owner=owner, lease=self.lease, fingerprint=fingerprint
                 )
                 if found.status != "in_progress":
-                    return self._settle(found, fingerprint)
+                    return self._settle(found, fingerprint, "waited")
                 # A blocked thread cannot be cancelled: wait in short slices and
                 # let checkpoint() raise for a passed @timeout or a cancelled task.
                 checkpoint()
@@ -193,7 +210,7 @@ class Policy:
     ) -> Any:
         """Like :meth:`settle_sync`, waiting as a cancellable task on the loop."""
         if found.status != "in_progress":
-            return self._settle(found, fingerprint)
+            return self._settle(found, fingerprint, "replayed")
         if self.mode != "wait":
             return self._duplicate_now(found, fingerprint)
         now = anyio.current_time()
@@ -206,7 +223,7 @@ class Policy:
                     key, owner=owner, lease=self.lease, fingerprint=fingerprint
                 )
                 if found.status != "in_progress":
-                    return self._settle(found, fingerprint)
+                    return self._settle(found, fingerprint, "waited")
                 timeout = self._wait_for(
                     found, fingerprint, deadline, anyio.current_time()
                 )
