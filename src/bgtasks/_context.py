@@ -33,6 +33,14 @@ class RunningTask(Protocol):
         """Tell the manager that ``bgtasks.retry`` started attempt ``attempt``."""
         ...
 
+    def record_retry_wait(self, until: float) -> None:
+        """Tell the manager that ``bgtasks.retry`` waits until ``until``.
+
+        ``until`` is the ``time.time()`` at which the next attempt starts; the
+        manager forgets it at the next ``record_attempt`` or when the task ends.
+        """
+        ...
+
 
 # An attribute set (to True) on every ``logged`` wrapper, and copied by the
 # decorators above it: the TaskManager does not log a failure such a function

@@ -282,6 +282,7 @@ def _retry_sync(
             pending = run.announce(event)
             if pending is not None:
                 _discard(run, pending)
+            _announce_wait(0.0 if run.instant else event.delay)
             if not run.instant and event.delay > 0:
                 _wait_sync(event.delay)
             # A cancelled host task or a passed @timeout starts no new attempt.
@@ -335,8 +336,10 @@ async def _retry_async(
                     await cast("Awaitable[object]", pending)
                 except Exception:
                     run.hook_failed()
+            delay = 0.0 if run.instant else event.delay
+            _announce_wait(delay)
             # Even a skipped wait is a cancellation point, as a real one would be.
-            await _async_sleep(0 if run.instant else event.delay)
+            await _async_sleep(delay)
             run.attempt += 1
             token = _enter_attempt(run.attempt)
             try:
@@ -371,6 +374,13 @@ def _wait_sync(delay: float) -> None:
         anyio.from_thread.run(_async_sleep, delay)
     else:
         _sync_sleep(delay)
+
+
+def _announce_wait(delay: float) -> None:
+    """Show a managed task's poller when its next attempt starts (wall clock)."""
+    task = running_task_var.get()
+    if task is not None:
+        task.record_retry_wait(time.time() + delay)
 
 
 def _enter_attempt(attempt: int) -> Any:
