@@ -14,7 +14,7 @@ from ._keys import make_fingerprint, make_key
 from ._single_flight import RUN, OnDuplicate, Policy, new_owner
 from ._stores import IdempotencyStore, MemoryStore
 from ._validate import to_seconds
-from ._wrap import check_decoratable, wrap_same_kind
+from ._wrap import callable_name, check_decoratable, unwrap_partial, wrap_same_kind
 
 __all__ = ["default_store", "idempotent"]
 
@@ -59,16 +59,6 @@ def _error_types(value: object) -> tuple[type[Exception], ...]:
             )
         types.append(item)
     return tuple(types)
-
-
-def _names(func: Callable[..., Any]) -> tuple[str, str]:
-    """Return ``(qualname, module)`` of ``func``, seeing through partials."""
-    target: Any = func
-    while isinstance(target, functools.partial):
-        target = target.func
-    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
-    module = getattr(target, "__module__", None) or type(target).__module__
-    return qualname, module
 
 
 @overload
@@ -228,7 +218,9 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         check_decoratable(func, "idempotent")
-        qualname, module = _names(func)
+        qualname = callable_name(func)
+        target = unwrap_partial(func)
+        module = getattr(target, "__module__", None) or type(target).__module__
         ns = namespace if namespace is not None else f"{module}.{qualname}"
         fingerprint_of = None
         if fingerprint is not False:

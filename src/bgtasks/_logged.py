@@ -32,7 +32,7 @@ from ._context import (
     outcome_var,
     running_task_var,
 )
-from ._wrap import check_decoratable, wrap_same_kind
+from ._wrap import callable_name, check_decoratable, wrap_same_kind
 
 __all__ = ["LoggedDecorator", "SuppressingLoggedDecorator", "logged"]
 
@@ -152,7 +152,7 @@ def logged(
         call = _Call(
             target,
             levelno,
-            _name_of(func),
+            callable_name(func),
             signature=signature,
             hidden=hidden,
             suppress=suppress,
@@ -236,15 +236,11 @@ def _signature_for(
     unknown = sorted(hidden - params.keys())
     if unknown and not takes_any_keyword:
         raise ValueError(
-            f"logged(redact=...) names {unknown} but {_name_of(func)} has no such "
+            f"logged(redact=...) names {unknown} but {callable_name(func)} has no such "
             f"parameter (it takes {list(params)}): fix the spelling, or a value "
             "meant to be hidden would be logged."
         )
     return signature
-
-
-def _name_of(func: Callable[..., Any]) -> str:
-    return getattr(func, "__qualname__", None) or repr(func)
 
 
 # The end record's message per outcome; all but "succeeded" come from idempotent.

@@ -25,7 +25,7 @@ from ._context import attempt_var, running_task_var
 from ._deadline import in_worker_thread, remaining, stop_if_due
 from ._retry_options import build_policy
 from ._retry_policy import RetryEvent, RetryPolicy, RetryRun
-from ._wrap import is_async_callable, wrap_same_kind
+from ._wrap import callable_name, is_async_callable, wrap_same_kind
 
 __all__ = ["RetryEvent", "retry"]
 
@@ -130,10 +130,10 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
     if policy.on_retry is not None and is_async_callable(policy.on_retry):
         raise TypeError(
             f"@retry(on_retry={policy.on_retry!r}) is async but "
-            f"{_name(func)} is a plain function, which cannot await it: "
+            f"{callable_name(func)} is a plain function, which cannot await it: "
             "pass a sync on_retry hook, or make the task async def."
         )
-    name = _name(func)
+    name = callable_name(func)
     catch, predicate = policy.catch, policy.predicate
 
     if policy.deadline is None and policy.retry_if is None:
@@ -196,7 +196,7 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
 def _make_async(
     policy: RetryPolicy, func: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Awaitable[Any]]:
-    name = _name(func)
+    name = callable_name(func)
     catch, predicate = policy.catch, policy.predicate
 
     if policy.deadline is None and policy.retry_if is None:
@@ -402,10 +402,3 @@ def _discard(run: RetryRun, pending: object) -> None:
         run.name,
         extra={"task_name": run.name, "attempt": run.attempt},
     )
-
-
-def _name(func: Callable[..., Any]) -> str:
-    target: object = func
-    while isinstance(target, functools.partial):
-        target = target.func
-    return str(getattr(target, "__qualname__", None) or type(target).__qualname__)

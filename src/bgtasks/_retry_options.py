@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from ._backoff import Backoff, fixed
 from ._retry_policy import RetryPolicy
-from ._validate import to_seconds
+from ._validate import check_int, to_seconds
 
 __all__ = ["build_policy"]
 
@@ -77,17 +77,9 @@ def _check_on(
 
 
 def _check_attempts(attempts: object) -> int:
-    if isinstance(attempts, bool) or not isinstance(attempts, int):
-        raise TypeError(
-            f"retry(attempts=...) takes an int, got {type(attempts).__name__} "
-            f"{attempts!r}."
-        )
-    if attempts < 1:
-        raise ValueError(
-            f"retry(attempts={attempts}): attempts counts the first try too, so it "
-            "must be >= 1 (attempts=1 never retries)."
-        )
-    return attempts
+    # attempts counts the first try too: attempts=1 never retries.
+    check_int("retry(attempts=...)", attempts, minimum=1)
+    return cast("int", attempts)
 
 
 def _check_backoff(backoff: object) -> Callable[[int], float]:
