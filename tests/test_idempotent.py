@@ -21,11 +21,11 @@ import pytest
 
 from bgtasks import MemoryStore, TaskManager, TaskState, idempotent, timeout
 from bgtasks._clock import ManualClock
-from bgtasks._flight import LoopWaiters, board
-from bgtasks._idempotent import default_store
-from bgtasks._keys import make_fingerprint
-from bgtasks._single_flight import _reseed_owners, new_owner
-from bgtasks._stores import ClaimResult, IdempotencyRecord
+from bgtasks._idempotency.decorator import default_store
+from bgtasks._idempotency.keys import make_fingerprint
+from bgtasks._idempotency.policy import _reseed_owners, new_owner
+from bgtasks._idempotency.stores import ClaimResult, IdempotencyRecord
+from bgtasks._idempotency.waiting import LoopWaiters, board
 from bgtasks.exceptions import DuplicateTaskError, IdempotencyConflictError
 
 

@@ -14,8 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from bgtasks import MemoryStore, idempotent
 from bgtasks._clock import ManualClock
-from bgtasks._flight import board
-from bgtasks._stores import IdempotencyRecord
+from bgtasks._idempotency.stores import IdempotencyRecord
+from bgtasks._idempotency.waiting import board
 
 TTL = 100.0
 

@@ -9,12 +9,12 @@ from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
-from ._context import IDEMPOTENT_MARKER, outcome_var, report_outcome
-from ._keys import make_fingerprint, make_key
-from ._single_flight import RUN, OnDuplicate, Policy, new_owner
-from ._stores import IdempotencyStore, MemoryStore
-from ._validate import to_seconds
-from ._wrap import callable_name, check_decoratable, unwrap_partial, wrap_same_kind
+from .._context import IDEMPOTENT_MARKER, outcome_var, report_outcome
+from .._validate import to_seconds
+from .._wrap import callable_name, check_decoratable, unwrap_partial, wrap_same_kind
+from .keys import make_fingerprint, make_key
+from .policy import RUN, OnDuplicate, Policy, new_owner
+from .stores import IdempotencyStore, MemoryStore
 
 __all__ = ["default_store", "idempotent"]
 

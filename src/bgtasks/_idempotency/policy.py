@@ -18,12 +18,12 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
-from ._context import DuplicateOutcome, report_outcome
-from ._deadline import checkpoint, remaining
-from ._flight import board
-from ._keys import KeyFunction
-from ._stores import ClaimResult, IdempotencyRecord, IdempotencyStore
-from .exceptions import DuplicateTaskError, IdempotencyConflictError
+from .._context import DuplicateOutcome, report_outcome
+from .._deadline import checkpoint, remaining
+from ..exceptions import DuplicateTaskError, IdempotencyConflictError
+from .keys import KeyFunction
+from .stores import ClaimResult, IdempotencyRecord, IdempotencyStore
+from .waiting import board
 
 _E = TypeVar("_E", bound=BaseException)
 

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
-from ._validate import check_int
+from .._validate import check_int
 
 __all__ = [
     "CLAIMED",
