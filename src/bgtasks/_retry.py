@@ -23,7 +23,6 @@ from typing_extensions import ParamSpec
 from ._backoff import exponential
 from ._context import attempt_var, running_task_var
 from ._deadline import in_worker_thread, remaining, stop_if_due
-from ._retry_options import build_policy
 from ._retry_policy import RetryEvent, RetryPolicy, RetryRun
 from ._wrap import callable_name, is_async_callable, wrap_same_kind
 
@@ -104,7 +103,7 @@ def retry(
             "@retry needs parentheses: write @retry() or @retry(attempts=5, ...), "
             f"not @retry (it received {_func!r} as its first argument)."
         )
-    policy = build_policy(
+    policy = RetryPolicy.from_options(
         on=on,
         attempts=attempts,
         backoff=backoff,
