@@ -14,10 +14,13 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from contextvars import Token
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, cast, final
 
 from ._backoff import Backoff, fixed
+from ._context import attempt_var, running_task_var
 from ._testing import RetryRecorder, instant_var
 from ._validate import check_int, to_seconds
 
@@ -207,41 +210,61 @@ class RetryRun:
 
     __slots__ = (
         "attempt",
+        "error",
+        "event",
         "name",
         "policy",
         "previous",
         "recorder",
+        "result",
         "skipped",
         "start",
+        "started",
+        "token",
     )
 
-    def __init__(self, policy: RetryPolicy, name: str, start: float) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        name: str,
+        start: float | None,
+        error: Exception | None,
+        result: object,
+    ) -> None:
         self.policy = policy
         self.name = name
-        self.start = start
+        # When the call started (with a deadline), else the first failure: the
+        # success path reads no clock, so next_retry reads it then.
+        self.start = 0.0 if start is None else start
+        self.started = start is not None
+        self.event: RetryEvent | None = None  # the retry being made
         self.attempt = 1
+        self.error = error  # the last attempt's exception, or None
+        self.result: Any = result  # its result, when error is None
         self.previous: float | None = None
         self.recorder: RetryRecorder | None = instant_var.get()
         self.skipped = 0.0  # waits skipped under instant_retries count as slept
+        self.token: Token[int] | None = None  # the attempt_var of the attempt
 
     @property
     def instant(self) -> bool:
         """Whether waits are skipped (under ``bgtasks.testing.instant_retries``)."""
         return self.recorder is not None
 
-    def next_retry(
-        self, now: float, exception: Exception | None, result: object
-    ) -> RetryEvent | None:
-        """Return the retry of the failed attempt, or ``None`` to give up."""
+    def next_retry(self, now: float) -> bool:
+        """Decide whether to retry the failed attempt; keep the retry in ``event``."""
+        if not self.started:
+            self.start, self.started = now, True
+        exception, result = self.error, self.result
         policy = self.policy
         if self.attempt >= policy.attempts:
-            return None
+            return False
         delay = self._delay(exception)
         elapsed = now - self.start + self.skipped
         if policy.deadline is not None and elapsed + delay > policy.deadline:
-            return None
+            return False
         self.previous = delay
-        return RetryEvent(
+        self.event = RetryEvent(
             name=self.name,
             attempt=self.attempt,
             exception=exception,
@@ -249,6 +272,7 @@ class RetryRun:
             delay=delay,
             elapsed=elapsed,
         )
+        return True
 
     def _delay(self, exception: Exception | None) -> float:
         strategy = self.policy.backoff
@@ -273,12 +297,14 @@ class RetryRun:
             ) from exception
         return float(delay)
 
-    def announce(self, event: RetryEvent) -> object:
+    def announce(self) -> object:
         """Record and log the retry, call the hook, return what it returned to await.
 
         A hook that raises is logged and the retry goes on: a bug in a hook must
         not replace the task's own exception nor stop its retries.
         """
+        event = self.event
+        assert event is not None  # set by next_retry
         if self.recorder is not None:
             self.recorder._record(event)  # pyright: ignore[reportPrivateUsage]
             self.skipped += event.delay
@@ -324,7 +350,66 @@ class RetryRun:
             },
         )
 
-    def give_up(self, now: float, exception: Exception) -> Exception:
+    def wait(self) -> float:
+        """Return how long to wait before the retry: none under instant_retries."""
+        event = self.event
+        return 0.0 if self.recorder is not None or event is None else event.delay
+
+    def next_attempt(self) -> RetryRun:
+        """Start the next attempt: use as ``with run.next_attempt(): run.result = ...``.
+
+        Publishes the attempt's number (to the managed task and attempt_var).
+        On leaving the block, a retryable exception is kept in ``error`` and
+        swallowed; any other propagates untouched.
+        """
+        self.attempt += 1
+        task = running_task_var.get()
+        if task is not None:
+            task.record_attempt(self.attempt)
+        self.token = attempt_var.set(self.attempt)
+        self.error = None
+        return self
+
+    def __enter__(self) -> None:
+        """Enter the attempt that :meth:`next_attempt` started."""
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        """Keep a retryable exception and swallow it; let anything else through."""
+        if self.token is not None:
+            attempt_var.reset(self.token)
+            self.token = None
+        if not isinstance(exc, Exception):
+            return False  # success, or a cancellation: never retried
+        policy = self.policy
+        if not isinstance(exc, policy.catch) or (
+            policy.predicate is not None and not policy.predicate(exc)
+        ):
+            return False
+        self.error, self.result = exc, None
+        return True
+
+    def accepted(self) -> bool:
+        """Tell whether the attempt just made is the call's outcome: no retry."""
+        retry_if = self.policy.retry_if
+        return self.error is None and (retry_if is None or not retry_if(self.result))
+
+    def give_up(self, now: float) -> Any:
+        """End the call: raise the last exception, or return the rejected result."""
+        if self.error is None:
+            self.give_up_result(now)
+            return self.result
+        raise self._final(now, self.error)
+
+    def forget(self) -> None:
+        """Drop the last exception: exception -> traceback -> frame -> run cycles."""
+        self.error = self.result = self.event = None
+
+    def _final(self, now: float, exception: Exception) -> Exception:
         """Note on ``exception`` (3.11+) why it is final, and return it to re-raise."""
         if sys.version_info >= (3, 11):
             prefix = f"bgtasks.retry: gave up on {self.name} "
