@@ -291,17 +291,11 @@ class _Call:
             start = perf_counter()
             try:
                 result = func(*args, **kwargs)
-            except Exception as exc:
-                self.failed(fields, perf_counter() - start, exc)
-                if self.suppress:
+            except BaseException as exc:
+                if self.raised(fields, start, exc):
                     return None
                 raise
-            except BaseException as exc:
-                self.cancelled(fields, perf_counter() - start, exc)
-                raise
-            if fields is not None:
-                self.succeeded(fields, perf_counter() - start)
-            return result
+            return result if fields is None else self.succeeded(fields, start, result)
 
         return wrapper
 
@@ -313,17 +307,11 @@ class _Call:
             start = perf_counter()
             try:
                 result = await func(*args, **kwargs)
-            except Exception as exc:
-                self.failed(fields, perf_counter() - start, exc)
-                if self.suppress:
+            except BaseException as exc:
+                if self.raised(fields, start, exc):
                     return None
                 raise
-            except BaseException as exc:
-                self.cancelled(fields, perf_counter() - start, exc)
-                raise
-            if fields is not None:
-                self.succeeded(fields, perf_counter() - start)
-            return result
+            return result if fields is None else self.succeeded(fields, start, result)
 
         return wrapper
 
@@ -356,7 +344,20 @@ class _Call:
         )
         return fields
 
-    def succeeded(self, fields: dict[str, Any], duration: float) -> None:
+    def raised(
+        self, fields: dict[str, Any] | None, start: float, exc: BaseException
+    ) -> bool:
+        """Log a failure or a cancellation; return whether to return None instead."""
+        duration = perf_counter() - start
+        if isinstance(exc, Exception):
+            self.failed(fields, duration, exc)
+            return self.suppress  # only an Exception, never a cancellation
+        self.cancelled(fields, duration, exc)
+        return False
+
+    def succeeded(self, fields: dict[str, Any], start: float, result: T) -> T:
+        """Log the success (or a duplicate's outcome); return ``result``."""
+        duration = perf_counter() - start
         outcome = fields.pop("outcome", "succeeded")
         self.logger.log(
             self.level,
@@ -365,6 +366,7 @@ class _Call:
             duration,
             extra={**fields, "duration": duration, "outcome": outcome},
         )
+        return result
 
     def failed(
         self, fields: dict[str, Any] | None, duration: float, exc: Exception
