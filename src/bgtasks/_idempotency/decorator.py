@@ -277,13 +277,9 @@ def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:
-            policy.fail(key, owner, fp, exc)
-            if slot is not None:
-                slot.pop("outcome", None)  # it ran: a nested call's is not ours
+            policy.fail(key, owner, fp, exc, slot)
             raise
-        policy.succeed(key, owner, fp, value)
-        if slot is not None:
-            slot.pop("outcome", None)
+        policy.succeed(key, owner, fp, value, slot)
         return value
 
     def report() -> None:
@@ -323,13 +319,9 @@ def _async_wrapper(
         try:
             value = await func(*args, **kwargs)
         except BaseException as exc:
-            policy.fail(key, owner, fp, exc)
-            if slot is not None:
-                slot.pop("outcome", None)  # it ran: a nested call's is not ours
+            policy.fail(key, owner, fp, exc, slot)
             raise
-        policy.succeed(key, owner, fp, value)
-        if slot is not None:
-            slot.pop("outcome", None)
+        policy.succeed(key, owner, fp, value, slot)
         return value
 
     def report() -> None:

@@ -233,9 +233,20 @@ class Policy:
                 board.leave(store, key, flight, waiters)
 
     def succeed(
-        self, key: str, owner: str, fingerprint: str | None, value: object
+        self,
+        key: str,
+        owner: str,
+        fingerprint: str | None,
+        value: object,
+        slot: dict[str, Any] | None = None,
     ) -> None:
-        """Record the owner's result and wake the key's waiters."""
+        """Record the owner's result and wake the key's waiters.
+
+        ``slot`` is the ``logged`` call's fields read before the body ran: it
+        ran, so an outcome a nested call wrote there is not this call's.
+        """
+        if slot is not None:
+            slot.pop("outcome", None)
         try:
             self.store.complete(
                 key,
@@ -247,9 +258,16 @@ class Policy:
             board.land(self.store, key)
 
     def fail(
-        self, key: str, owner: str, fingerprint: str | None, exc: BaseException
+        self,
+        key: str,
+        owner: str,
+        fingerprint: str | None,
+        exc: BaseException,
+        slot: dict[str, Any] | None = None,
     ) -> None:
         """Record a listed error, or release the claim; then wake the waiters."""
+        if slot is not None:
+            slot.pop("outcome", None)  # it ran: see succeed
         try:
             if self.record_errors and isinstance(exc, self.record_errors):
                 self.store.complete(
