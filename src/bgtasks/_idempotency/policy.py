@@ -13,7 +13,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -23,7 +23,7 @@ from .._deadline import checkpoint, remaining
 from ..exceptions import DuplicateTaskError, IdempotencyConflictError
 from .keys import KeyFunction
 from .stores import ClaimResult, IdempotencyRecord, IdempotencyStore
-from .waiting import board
+from .waiting import LoopWaiters, board
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -176,61 +176,81 @@ class Policy:
             timeout = min(timeout, left)
         return max(0.0, min(timeout, threading.TIMEOUT_MAX))
 
-    def settle_sync(
-        self, found: ClaimResult, key: str, owner: str, fingerprint: str | None
-    ) -> Any:
-        """Replay, skip, raise, or wait in this thread until the key is free or done."""
+    def _waits(
+        self,
+        found: ClaimResult,
+        key: str,
+        owner: str,
+        fingerprint: str | None,
+        *,
+        in_thread: bool,
+    ) -> Generator[tuple[float, Any], None, Any]:
+        """Settle a duplicate, for either kind: its return value is the outcome.
+
+        Replays, skips or raises at once when it can; otherwise yields, again
+        and again, how long to wait and what to wait on (a ``threading.Event``
+        in a thread, a ``LoopWaiters`` on a loop), having joined the key's
+        flight *before* looking at the store, so no landing is missed.
+        """
         if found.status != "in_progress":
             return self._settle(found, fingerprint, "replayed")
         if self.mode != "wait":
             return self._duplicate_now(found, fingerprint)
-        deadline = (
-            None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
-        )
+        clock = time.monotonic if in_thread else anyio.current_time
+        deadline = None if self.wait_timeout is None else clock() + self.wait_timeout
         store = self.store
         while True:
-            flight, event = board.join_thread(store, key)
+            waiter: object
+            loop_waiters: LoopWaiters | None = None
+            if in_thread:
+                flight, waiter = board.join_thread(store, key)
+            else:
+                flight, loop_waiters = board.join_loop(store, key)
+                waiter = loop_waiters
             try:
                 found = store.claim(
                     key, owner=owner, lease=self.lease, fingerprint=fingerprint
                 )
                 if found.status != "in_progress":
                     return self._settle(found, fingerprint, "waited")
-                # A blocked thread cannot be cancelled: wait in short slices and
-                # let checkpoint() raise for a passed @timeout or a cancelled task.
-                checkpoint()
-                wait = self._wait_for(found, fingerprint, deadline, time.monotonic())
+                if in_thread:
+                    # A blocked thread cannot be cancelled: it waits in short
+                    # slices, and checkpoint() raises for a passed @timeout or a
+                    # cancelled task.
+                    checkpoint()
+                yield self._wait_for(found, fingerprint, deadline, clock()), waiter
+            finally:
+                board.leave(store, key, flight, loop_waiters)
+
+    def settle_sync(
+        self, found: ClaimResult, key: str, owner: str, fingerprint: str | None
+    ) -> Any:
+        """Replay, skip, raise, or wait in this thread until the key is free or done."""
+        steps = self._waits(found, key, owner, fingerprint, in_thread=True)
+        try:
+            while True:
+                wait, event = next(steps)
                 left = remaining()
                 event.wait(min(wait, _SYNC_WAIT_SLICE, wait if left is None else left))
-            finally:
-                board.leave(store, key, flight)
+        except StopIteration as done:
+            return done.value
+        finally:
+            steps.close()
 
     async def settle_async(
         self, found: ClaimResult, key: str, owner: str, fingerprint: str | None
     ) -> Any:
         """Like :meth:`settle_sync`, waiting as a cancellable task on the loop."""
-        if found.status != "in_progress":
-            return self._settle(found, fingerprint, "replayed")
-        if self.mode != "wait":
-            return self._duplicate_now(found, fingerprint)
-        now = anyio.current_time()
-        deadline = None if self.wait_timeout is None else now + self.wait_timeout
-        store = self.store
-        while True:
-            flight, waiters = board.join_loop(store, key)
-            try:
-                found = store.claim(
-                    key, owner=owner, lease=self.lease, fingerprint=fingerprint
-                )
-                if found.status != "in_progress":
-                    return self._settle(found, fingerprint, "waited")
-                timeout = self._wait_for(
-                    found, fingerprint, deadline, anyio.current_time()
-                )
+        steps = self._waits(found, key, owner, fingerprint, in_thread=False)
+        try:
+            while True:
+                timeout, waiters = next(steps)
                 with anyio.move_on_after(timeout):
                     await waiters.event.wait()
-            finally:
-                board.leave(store, key, flight, waiters)
+        except StopIteration as done:
+            return done.value
+        finally:
+            steps.close()
 
     def succeed(
         self,
