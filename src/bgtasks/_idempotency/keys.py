@@ -34,6 +34,25 @@ def _signature(func: Callable[..., Any], what: str) -> inspect.Signature:
         ) from exc
 
 
+def _bind(
+    signature: inspect.Signature,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    what: str,
+) -> dict[str, Any]:
+    """Bind a call to ``signature``, defaults applied; a bad call says ``what``.
+
+    Raises:
+        TypeError: the arguments do not fit (inspect's message names no value).
+    """
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"cannot {what}: {exc}") from exc
+    bound.apply_defaults()
+    return bound.arguments
+
+
 def _template_fields(template: str) -> list[str]:
     """Return the argument names a ``str.format`` template refers to."""
     try:
@@ -86,16 +105,12 @@ def _template_key(
 
     if any(params[n].kind in _VARIADIC for n in names):
         # *args/**kwargs fields need the full binding; rare enough to pay for it.
+        building = f"build the idempotency key of {qualname}()"
+
         def slow_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            arguments = _bind(signature, args, kwargs, building)
             try:
-                bound = signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(
-                    f"cannot build the idempotency key of {qualname}(): {exc}"
-                ) from exc
-            bound.apply_defaults()
-            try:
-                return prefix + template.format_map(bound.arguments)
+                return prefix + template.format_map(arguments)
             except Exception as exc:
                 raise fail(exc) from exc
 
@@ -308,17 +323,12 @@ def make_fingerprint(
                 return None
         return tuple(zip(names, values, strict=True)) if used == len(kwargs) else None
 
+    binding = f"fingerprint the arguments of {qualname}()"
+
     def repr_fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         items = quick_items(args, kwargs)
         if items is None:
-            try:
-                bound = signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(
-                    f"cannot fingerprint the arguments of {qualname}(): {exc}"
-                ) from exc
-            bound.apply_defaults()
-            items = tuple(bound.arguments.items())
+            items = tuple(_bind(signature, args, kwargs, binding).items())
         try:
             text = repr(items)
         except Exception as exc:
