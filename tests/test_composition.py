@@ -22,6 +22,7 @@ from bgtasks import (
     retry,
     timeout,
 )
+from bgtasks._context import outcome_var
 from bgtasks.testing import instant_retries
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -259,3 +260,128 @@ async def test_timeout_around_logged_shows_as_cancelled(
         with pytest.raises(TimeoutError):
             await task()
     assert _outcomes(records) == [(1, "cancelled"), (1, "failed")]
+
+
+# --- logged above idempotent: a duplicate logs what it did --------------------
+
+
+def _end_records(records: list[logging.LogRecord]) -> list[tuple[str, str]]:
+    """(outcome, message) of each end record of ``logged``."""
+    return [
+        (vars(r)["outcome"], r.getMessage())
+        for r in records
+        if "outcome" in vars(r) and "duration" in vars(r)
+    ]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.anyio
+async def test_a_replayed_duplicate_logs_as_replayed(
+    is_async: bool, records: list[logging.LogRecord]
+) -> None:
+    """The first call logs "succeeded", its duplicate "replayed", message and field."""
+    store = MemoryStore()
+    calls: list[str] = []
+
+    def body(email: str) -> str:
+        calls.append(email)
+        return "sent"
+
+    async def abody(email: str) -> str:
+        return body(email)
+
+    send = logged(
+        idempotent(key="welcome:{email}", store=store)(abody if is_async else body)
+    )
+    for _ in range(2):
+        result: Any = send("a@example.com")
+        assert (await result if is_async else result) == "sent"
+    name = "abody" if is_async else "body"
+    assert calls == ["a@example.com"]
+    assert [
+        (outcome, message.split(" in ")[0].rsplit(".", 1)[-1])
+        for outcome, message in _end_records(records)
+    ] == [
+        ("succeeded", f"{name} succeeded"),
+        ("replayed", f"{name} replayed the recorded result of its idempotency key"),
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_waiting_and_a_skipped_duplicate_log_as_such(
+    records: list[logging.LogRecord],
+) -> None:
+    """A duplicate that waited logs "waited"; with on_duplicate="skip", "skipped"."""
+    store = MemoryStore()
+    started, release = anyio.Event(), anyio.Event()
+
+    async def send(email: str) -> str:
+        started.set()
+        await release.wait()
+        return "sent"
+
+    waiting = logged(idempotent(key="{email}", store=store, namespace="w")(send))
+    skipping = logged(
+        idempotent(key="{email}", store=store, namespace="w", on_duplicate="skip")(send)
+    )
+    results: list[str | None] = []
+    async with anyio.create_task_group() as tg:
+
+        async def call(f: Callable[[str], Any]) -> None:
+            results.append(await f("a@example.com"))
+
+        tg.start_soon(call, waiting)
+        await started.wait()
+        tg.start_soon(call, waiting)
+        await call(skipping)
+        await anyio.sleep(0.01)  # let the second caller start waiting
+        release.set()
+    assert results == [None, "sent", "sent"]
+    assert sorted(outcome for outcome, _ in _end_records(records)) == [
+        "skipped",
+        "succeeded",
+        "waited",
+    ]
+    messages = dict(_end_records(records))
+    assert (
+        "send waited for the running call of its idempotency key" in messages["waited"]
+    )
+    assert "send skipped: its idempotency key was running" in messages["skipped"]
+
+
+def test_a_replayed_recorded_error_logs_once_at_error(
+    records: list[logging.LogRecord],
+) -> None:
+    """A recorded error logs ERROR when raised, then "replayed" without a traceback."""
+
+    @logged
+    @idempotent(key="k", store=MemoryStore(), record_errors=ValueError)
+    def refuse() -> None:
+        raise ValueError("no")
+
+    for _ in range(2):
+        with pytest.raises(ValueError, match="no"):
+            refuse()
+    ends = [r for r in records if "duration" in vars(r)]
+    assert [(r.levelname, vars(r)["outcome"], r.exc_info is None) for r in ends] == [
+        ("ERROR", "failed", False),
+        ("INFO", "replayed", True),
+    ]
+
+
+def test_only_idempotent_functions_under_logged_report() -> None:
+    """An idempotent function with no logged above never writes to a logged call."""
+    plain = idempotent(key="k", store=MemoryStore())(lambda: 1)
+    below = idempotent(key="k", store=MemoryStore())(lambda: 2)
+    logged(retry()(below))  # logged finds the idempotent through retry
+    written = {}
+    for name, f in (("plain", plain), ("below", below)):
+        slot: dict[str, Any] = {}
+        token = outcome_var.set(slot)
+        try:
+            f()
+            f()
+        finally:
+            outcome_var.reset(token)
+        written[name] = slot.get("outcome")
+    assert written == {"plain": None, "below": "replayed"}

@@ -21,11 +21,11 @@ import pytest
 
 from bgtasks import MemoryStore, TaskManager, TaskState, idempotent, timeout
 from bgtasks._clock import ManualClock
-from bgtasks._flight import LoopWaiters, board
-from bgtasks._idempotent import default_store
-from bgtasks._keys import make_fingerprint
-from bgtasks._single_flight import _reseed_owners, new_owner
-from bgtasks._stores import ClaimResult, IdempotencyRecord
+from bgtasks._idempotency.decorator import default_store
+from bgtasks._idempotency.keys import make_fingerprint
+from bgtasks._idempotency.policy import _reseed_owners, new_owner
+from bgtasks._idempotency.stores import ClaimResult, IdempotencyRecord
+from bgtasks._idempotency.waiting import LoopWaiters, board
 from bgtasks.exceptions import DuplicateTaskError, IdempotencyConflictError
 
 
@@ -456,6 +456,66 @@ def test_key_errors_raise_before_claiming(store: MemoryStore) -> None:
         g(BadRepr())
     with pytest.raises(TypeError, match="cannot fingerprint"):
         g(1, 2)  # type: ignore[call-arg]
+    assert len(store) == 0
+
+
+SECRET = "alice@example.com"
+
+
+class LeakyFormat:
+    """A value whose __format__ and __repr__ raise with a secret in the message."""
+
+    def __format__(self, spec: str) -> str:
+        raise ValueError(SECRET)
+
+    def __repr__(self) -> str:
+        raise RuntimeError(SECRET)
+
+
+def test_key_errors_name_the_function_and_type_never_the_message(
+    store: MemoryStore,
+) -> None:
+    """A failing key, fingerprint or format keeps its message out of bgtasks' error."""
+    leak = KeyError(SECRET)
+
+    def key_of(user: object) -> str:
+        raise leak
+
+    def fingerprint_of(user: object) -> str:
+        raise ValueError(SECRET)
+
+    @idempotent(key=key_of, store=store)
+    def by_callable(user: object) -> None: ...
+
+    @idempotent(key="k", store=store, fingerprint=fingerprint_of)
+    def by_fingerprint(user: object) -> None: ...
+
+    @idempotent(key="k", store=store, fingerprint=True)
+    def by_repr(user: object) -> None: ...
+
+    @idempotent(key="{user}", store=store)
+    def by_template(user: object) -> None: ...
+
+    @idempotent(key="{user:>3}", store=store)
+    def by_mapped_template(user: object) -> None: ...
+
+    calls = [by_callable, by_fingerprint, by_repr, by_template, by_mapped_template]
+    for call, (name, kind) in zip(
+        calls,
+        [
+            ("key function of .*by_callable", "KeyError"),
+            ("fingerprint function of .*by_fingerprint", "ValueError"),
+            ("by_repr.*repr raised", "RuntimeError"),
+            ("by_template", "ValueError"),
+            ("by_mapped_template", "ValueError"),
+        ],
+        strict=True,
+    ):
+        with pytest.raises(ValueError, match=f"{name}.*{kind}") as caught:
+            call(LeakyFormat())
+        assert SECRET not in str(caught.value)
+        assert caught.value.__cause__ is not None
+        assert SECRET in str(caught.value.__cause__)
     assert len(store) == 0
 
 

@@ -1,4 +1,4 @@
-"""Random interleavings of calls, failures and expiries agree with a simple model."""
+"""Random calls, failures, expiries and key templates agree with a simple model."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from bgtasks import MemoryStore, idempotent
 from bgtasks._clock import ManualClock
-from bgtasks._flight import board
-from bgtasks._stores import IdempotencyRecord
+from bgtasks._idempotency.stores import IdempotencyRecord
+from bgtasks._idempotency.waiting import board
 
 TTL = 100.0
 
@@ -213,3 +213,66 @@ TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(
     max_examples=60, stateful_step_count=30, deadline=None
 )
+
+
+# Key templates: literal text (with escaped braces) and plain or formatted fields.
+_literal = st.text(alphabet="x:{}", max_size=4).map(
+    lambda text: text.replace("{", "{{").replace("}", "}}")
+)
+_field = st.sampled_from(["{a}", "{b}", "{a!r}", "{b!s}", "{a:>3}", "{b:_<2}"])
+_template = st.lists(st.one_of(_literal, _field), min_size=1, max_size=6).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    template=_template, a=st.text(alphabet="x{}<3", max_size=3), b=st.text(max_size=3)
+)
+def test_a_template_key_is_what_str_format_gives(template: str, a: str, b: str) -> None:
+    """Every key equals namespace + ":" + template.format(**arguments), by any call."""
+    if not template:
+        return
+    store = MemoryStore()
+
+    @idempotent(key=template, namespace="ns", store=store)
+    def task(a: str, b: str = "") -> int:
+        return 1
+
+    @idempotent(key=template + "{b:{a}}", namespace="slow", store=store)
+    def spec_task(a: str, b: str = "") -> int:
+        return 2
+
+    expected = template.format(a=a, b=b)
+    task(a, b)
+    task(b=b, a=a + "-")
+    assert store.get(f"ns:{expected}") is not None
+    assert store.get("ns:" + template.format(a=a + "-", b=b)) is not None
+    try:
+        formatted = format(b, a)
+    except ValueError:  # "{b:{a}}" needs ``a`` to be a valid format spec
+        return
+    spec_task(a, b=b)
+    assert store.get("slow:" + template.format(a=a, b=b) + formatted) is not None
+
+
+def test_escaped_braces_are_kept_in_the_key() -> None:
+    """Literal braces around fields stay in the key, so different calls differ."""
+    store = MemoryStore()
+
+    @idempotent(key="v{{1}}:{a}", namespace="f", store=store)
+    def f(a: str) -> str:
+        return a
+
+    @idempotent(key="{a}}}{{{b}", namespace="g", store=store)
+    def g(a: str, b: str) -> tuple[str, str]:
+        return a, b
+
+    f("x")
+    assert store.get("f:v{1}:x") is not None
+    assert g("x", "}y") == ("x", "}y")
+    assert g("x}", "y") == ("x}", "y")
+
+
+def test_an_empty_key_is_refused_at_decoration() -> None:
+    """key="" is a ValueError naming key and the fix, not a bare IndexError later."""
+    with pytest.raises(ValueError, match=r'key=""\) is empty.*key="welcome:\{email\}"'):
+        idempotent(key="")

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bgtasks import logged
-from bgtasks._context import attempt_var, running_task_var
+from bgtasks import TaskManager, idempotent, logged, retry, timeout
+from bgtasks._context import LOGGED_MARKER, attempt_var, running_task_var
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers httpx2 for its TestClient; httpx still works.
@@ -38,6 +38,8 @@ class _FakeTask:
     id = "task-7"
 
     def record_attempt(self, attempt: int) -> None: ...  # pragma: no cover
+
+    def record_retry_wait(self, until: float) -> None: ...  # pragma: no cover
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -465,3 +467,59 @@ def test_without_suppress_starlette_stops_at_the_failure(
     ):
         client.post("/users")
     assert ran == []
+
+
+def _bare(x: int) -> int:
+    return x
+
+
+async def _abare(x: int) -> int:
+    return x
+
+
+@pytest.mark.parametrize("target", [_bare, _abare], ids=["sync", "async"])
+def test_every_logged_wrapper_carries_the_marker_through_stacking(
+    target: Callable[[int], Any],
+) -> None:
+    """The TaskManager's marker is on @logged and on any decorator stacked above it."""
+    stacks = {
+        "logged": logged(target),
+        "logged(...)": logged(level="DEBUG")(target),
+        "retry above": retry()(logged(target)),
+        "idempotent above": idempotent(key="{x}")(logged(target)),
+        "timeout above": timeout(5)(logged(target)),
+        "logged above all": logged(retry()(timeout(5)(target))),
+    }
+    assert LOGGED_MARKER == "__bgtasks_logged__"
+    assert {
+        name: getattr(f, LOGGED_MARKER, False) for name, f in stacks.items()
+    } == dict.fromkeys(stacks, True)
+    assert not hasattr(retry()(timeout(5)(target)), LOGGED_MARKER)
+    assert not hasattr(target, LOGGED_MARKER)
+
+
+@pytest.mark.anyio
+async def test_failure_record_of_a_managed_task_has_its_id_and_error_type(
+    records: list[logging.LogRecord],
+) -> None:
+    """Inside a TaskManager task, the one failure record carries task_id and type."""
+
+    @logged
+    async def boom() -> None:
+        raise ConnectionError(SECRET_EMAIL)
+
+    @logged
+    def sync_boom() -> None:
+        raise ConnectionError(SECRET_EMAIL)
+
+    async with TaskManager() as manager:
+        handles = [manager.spawn(boom), manager.spawn(sync_boom)]
+        for handle in handles:
+            await handle.wait(timeout=5)
+    failures = [r for r in records if getattr(r, "outcome", None) == "failed"]
+    assert sorted(
+        (vars(r)["task_id"], vars(r)["error_type"], r.exc_info is not None)
+        for r in failures
+    ) == sorted((h.id, "ConnectionError", True) for h in handles)
+    assert all(r.getMessage().endswith("with ConnectionError") for r in failures)
+    assert all(SECRET_EMAIL not in r.getMessage() for r in failures)

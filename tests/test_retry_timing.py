@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from trio.testing import MockClock
 
 from bgtasks import RetryEvent, _retry, backoff, retry
+from bgtasks._context import running_task_var
 
 pytestmark = pytest.mark.anyio
 
@@ -342,3 +344,42 @@ async def test_virtual_time_with_trio_mock_clock() -> None:
         await task()
     assert pytest.approx([0.0, 1.3, 3.6, 7.9]) == calls
     assert pytest.approx(8.2) == anyio.current_time() - start
+
+
+class RecordingTask:
+    """A managed task as retry sees it: records attempts and announced waits."""
+
+    id = "task-1"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    def record_attempt(self, attempt: int) -> None:
+        self.calls.append(("attempt", attempt))
+
+    def record_retry_wait(self, until: float) -> None:
+        self.calls.append(("wait until", until))
+
+
+async def test_a_managed_task_is_told_when_its_next_attempt_starts(
+    kind: str, fake_time: FakeTime
+) -> None:
+    """Before each wait, retry tells the running task the wall-clock next start."""
+    task = RecordingTask()
+    token = running_task_var.set(task)
+    try:
+        before = time.time()
+        with pytest.raises(ConnectionError):
+            await run(kind, failing(), attempts=3, backoff=backoff.fixed(30))
+        after = time.time()
+    finally:
+        running_task_var.reset(token)
+    assert [what for what, _ in task.calls] == [
+        "wait until",
+        "attempt",
+        "wait until",
+        "attempt",
+    ]
+    assert [value for what, value in task.calls if what == "attempt"] == [2, 3]
+    waits = [value for what, value in task.calls if what == "wait until"]
+    assert all(before + 30 <= until <= after + 30 for until in waits)

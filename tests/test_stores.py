@@ -9,7 +9,7 @@ import pytest
 
 from bgtasks import IdempotencyStore, MemoryStore
 from bgtasks._clock import ManualClock
-from bgtasks._stores import CLAIMED, ClaimResult, IdempotencyRecord
+from bgtasks._idempotency.stores import CLAIMED, ClaimResult, IdempotencyRecord
 
 
 @pytest.fixture

@@ -12,7 +12,11 @@ from importlib.metadata import version as _version
 from . import backoff as backoff
 from . import exceptions as exceptions
 from ._events import TaskEvent as TaskEvent
-from ._idempotent import idempotent as idempotent
+from ._idempotency.decorator import idempotent as idempotent
+from ._idempotency.stores import ClaimResult as ClaimResult
+from ._idempotency.stores import IdempotencyRecord as IdempotencyRecord
+from ._idempotency.stores import IdempotencyStore as IdempotencyStore
+from ._idempotency.stores import MemoryStore as MemoryStore
 from ._logged import logged as logged
 from ._manager import TaskManager as TaskManager
 from ._manager import current_task as current_task
@@ -24,10 +28,6 @@ from ._records import TaskState as TaskState
 from ._retry import RetryEvent as RetryEvent
 from ._retry import retry as retry
 from ._running import TaskContext as TaskContext
-from ._stores import ClaimResult as ClaimResult
-from ._stores import IdempotencyRecord as IdempotencyRecord
-from ._stores import IdempotencyStore as IdempotencyStore
-from ._stores import MemoryStore as MemoryStore
 from ._timeout import checkpoint as checkpoint
 from ._timeout import remaining as remaining
 from ._timeout import timeout as timeout

@@ -22,7 +22,15 @@ from threading import get_ident
 import anyio
 import anyio.from_thread
 
-__all__ = ["Deadline", "checkpoint", "deadline_var", "remaining", "seconds_left"]
+__all__ = [
+    "Deadline",
+    "checkpoint",
+    "deadline_var",
+    "in_worker_thread",
+    "remaining",
+    "seconds_left",
+    "stop_if_due",
+]
 
 try:  # anyio marks the threads it runs work in through this thread-local
     from anyio._core import _eventloop as _anyio_eventloop
@@ -119,19 +127,31 @@ def checkpoint() -> None:
     Raises:
         TimeoutError: the deadline of the innermost ``timeout`` has passed.
     """
+    stop_if_due("bgtasks.checkpoint()")
+
+
+def stop_if_due(seen_at: str) -> None:
+    """Do what ``checkpoint()`` does, naming ``seen_at`` in the TimeoutError."""
     deadline = deadline_var.get()
     if deadline is not None:
         late = -seconds_left(deadline)
         if late >= 0:
             raise TimeoutError(
                 f"{deadline.name} passed the deadline of its {deadline.seconds:g} s "
-                f"timeout {late:.3f} s ago (seen at bgtasks.checkpoint())"
+                f"timeout {late:.3f} s ago (seen at {seen_at})"
             )
     if _anyio_threadlocals is None:  # pragma: no cover - see the import above
         # Outside an anyio worker thread there is no host task to ask.
         with contextlib.suppress(RuntimeError):
             anyio.from_thread.check_cancelled()
-    elif "current_token" in _anyio_threadlocals.__dict__:
-        # Only anyio worker threads carry this (anyio 4.4 to 4.16 at least; a test
-        # cancels a worker to catch a rename). Reading the dict raises nothing.
+    elif in_worker_thread():
         anyio.from_thread.check_cancelled()
+
+
+def in_worker_thread() -> bool:
+    """Tell whether this thread is an anyio worker thread with a host task."""
+    if _anyio_threadlocals is None:  # pragma: no cover - see the import above
+        return False
+    # Only anyio worker threads carry this (anyio 4.4 to 4.16 at least; a test
+    # cancels a worker to catch a rename). Reading the dict raises nothing.
+    return "current_token" in _anyio_threadlocals.__dict__

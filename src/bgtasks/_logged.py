@@ -25,8 +25,14 @@ from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
-from ._context import attempt_var, running_task_var
-from ._wrap import check_decoratable, wrap_same_kind
+from ._context import (
+    IDEMPOTENT_MARKER,
+    LOGGED_MARKER,
+    attempt_var,
+    outcome_var,
+    running_task_var,
+)
+from ._wrap import callable_name, check_decoratable, wrap_same_kind
 
 __all__ = ["LoggedDecorator", "SuppressingLoggedDecorator", "logged"]
 
@@ -100,7 +106,10 @@ def logged(
     name), ``task_id`` (the ``TaskManager`` id, or ``None``), ``attempt`` (the
     ``retry`` attempt, 1 outside ``retry``); the records at the end add
     ``duration`` (seconds) and ``outcome`` (``"succeeded"``, ``"failed"`` or
-    ``"cancelled"``); with ``log_args``, ``task_args`` maps names to reprs.
+    ``"cancelled"``), and the failure record ``error_type`` (the exception's
+    class name); with ``log_args``, ``task_args`` maps names to reprs. A
+    ``TaskManager`` running a ``logged`` function leaves the failure to this
+    record instead of logging its own.
 
     Args:
         func: the function, when used bare as ``@logged``.
@@ -136,17 +145,26 @@ def logged(
         if log_args:
             check_decoratable(func, "logged")  # before inspect.signature trips on it
             signature = _signature_for(func, hidden)
+        # An idempotent function below reports its replays, waits and skips.
+        start_reporting = getattr(func, IDEMPOTENT_MARKER, None)
+        if start_reporting is not None:
+            start_reporting()
         call = _Call(
             target,
             levelno,
-            _name_of(func),
+            callable_name(func),
             signature=signature,
             hidden=hidden,
             suppress=suppress,
+            hears_outcomes=start_reporting is not None,
         )
-        return wrap_same_kind(
+        wrapper = wrap_same_kind(
             func, "logged", sync=call.make_sync, async_=call.make_async
         )
+        # The TaskManager skips its own failure record for a function that
+        # logs its failures itself; decorators above copy __dict__, so keep it.
+        wrapper.__dict__[LOGGED_MARKER] = True
+        return wrapper
 
     return decorate if func is None else decorate(func)
 
@@ -218,21 +236,35 @@ def _signature_for(
     unknown = sorted(hidden - params.keys())
     if unknown and not takes_any_keyword:
         raise ValueError(
-            f"logged(redact=...) names {unknown} but {_name_of(func)} has no such "
+            f"logged(redact=...) names {unknown} but {callable_name(func)} has no such "
             f"parameter (it takes {list(params)}): fix the spelling, or a value "
             "meant to be hidden would be logged."
         )
     return signature
 
 
-def _name_of(func: Callable[..., Any]) -> str:
-    return getattr(func, "__qualname__", None) or repr(func)
+# The end record's message per outcome; all but "succeeded" come from idempotent.
+_END_MESSAGES = {
+    "succeeded": "%s succeeded in %.3f s",
+    "replayed": "%s replayed the recorded result of its idempotency key in %.3f s",
+    "waited": "%s waited for the running call of its idempotency key and got its "
+    "result in %.3f s",
+    "skipped": "%s skipped: its idempotency key was running elsewhere (%.3f s)",
+}
 
 
 class _Call:
     """The logging around one decorated function; its wrappers share it."""
 
-    __slots__ = ("hidden", "level", "logger", "name", "signature", "suppress")
+    __slots__ = (
+        "hears_outcomes",
+        "hidden",
+        "level",
+        "logger",
+        "name",
+        "signature",
+        "suppress",
+    )
 
     def __init__(
         self,
@@ -243,7 +275,9 @@ class _Call:
         signature: inspect.Signature | None,
         hidden: frozenset[str],
         suppress: bool,
+        hears_outcomes: bool = False,
     ) -> None:
+        self.hears_outcomes = hears_outcomes
         self.logger = logger
         self.level = level
         self.name = name
@@ -257,17 +291,11 @@ class _Call:
             start = perf_counter()
             try:
                 result = func(*args, **kwargs)
-            except Exception:
-                self.failed(fields, perf_counter() - start)
-                if self.suppress:
+            except BaseException as exc:
+                if self.raised(fields, start, exc):
                     return None
                 raise
-            except BaseException as exc:
-                self.cancelled(fields, perf_counter() - start, exc)
-                raise
-            if fields is not None:
-                self.succeeded(fields, perf_counter() - start)
-            return result
+            return result if fields is None else self.succeeded(fields, start, result)
 
         return wrapper
 
@@ -279,17 +307,11 @@ class _Call:
             start = perf_counter()
             try:
                 result = await func(*args, **kwargs)
-            except Exception:
-                self.failed(fields, perf_counter() - start)
-                if self.suppress:
+            except BaseException as exc:
+                if self.raised(fields, start, exc):
                     return None
                 raise
-            except BaseException as exc:
-                self.cancelled(fields, perf_counter() - start, exc)
-                raise
-            if fields is not None:
-                self.succeeded(fields, perf_counter() - start)
-            return result
+            return result if fields is None else self.succeeded(fields, start, result)
 
         return wrapper
 
@@ -300,6 +322,10 @@ class _Call:
         if not self.logger.isEnabledFor(self.level):
             return None
         fields = self.fields()
+        if self.hears_outcomes:
+            # Not reset after the call: idempotent reads it before any code it
+            # runs could set another, and an ended call's dict is never read.
+            outcome_var.set(fields)
         if self.signature is None:
             self.logger.log(self.level, "%s started", self.name, extra=fields)
             return fields
@@ -318,28 +344,64 @@ class _Call:
         )
         return fields
 
-    def succeeded(self, fields: dict[str, Any], duration: float) -> None:
+    def raised(
+        self, fields: dict[str, Any] | None, start: float, exc: BaseException
+    ) -> bool:
+        """Log a failure or a cancellation; return whether to return None instead."""
+        duration = perf_counter() - start
+        if isinstance(exc, Exception):
+            self.failed(fields, duration, exc)
+            return self.suppress  # only an Exception, never a cancellation
+        self.cancelled(fields, duration, exc)
+        return False
+
+    def succeeded(self, fields: dict[str, Any], start: float, result: T) -> T:
+        """Log the success (or a duplicate's outcome); return ``result``."""
+        duration = perf_counter() - start
+        outcome = fields.pop("outcome", "succeeded")
         self.logger.log(
             self.level,
-            "%s succeeded in %.3f s",
+            _END_MESSAGES[outcome],
             self.name,
             duration,
-            extra={**fields, "duration": duration, "outcome": "succeeded"},
+            extra={**fields, "duration": duration, "outcome": outcome},
         )
+        return result
 
-    def failed(self, fields: dict[str, Any] | None, duration: float) -> None:
+    def failed(
+        self, fields: dict[str, Any] | None, duration: float, exc: Exception
+    ) -> None:
+        error_type = type(exc).__qualname__
+        if fields is not None and fields.pop("outcome", None) == "replayed":
+            # The real failure was logged when it happened; this is its copy.
+            self.logger.log(
+                self.level,
+                "%s replayed the recorded error %s of its idempotency key in %.3f s",
+                self.name,
+                error_type,
+                duration,
+                extra={
+                    **fields,
+                    "duration": duration,
+                    "outcome": "replayed",
+                    "error_type": error_type,
+                },
+            )
+            return
         if not self.logger.isEnabledFor(logging.ERROR):
             return
         self.logger.error(
-            "%s failed after %.3f s%s",
+            "%s failed after %.3f s with %s%s",
             self.name,
             duration,
+            error_type,
             " (suppressed: returning None)" if self.suppress else "",
             exc_info=True,
             extra={
                 **(fields or self.fields()),
                 "duration": duration,
                 "outcome": "failed",
+                "error_type": error_type,
             },
         )
 

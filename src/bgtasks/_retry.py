@@ -12,18 +12,19 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 import anyio
+import anyio.from_thread
 from typing_extensions import ParamSpec
 
 from ._backoff import exponential
-from ._context import attempt_var, running_task_var
-from ._retry_options import build_policy
+from ._context import running_task_var
+from ._deadline import in_worker_thread, remaining, stop_if_due
 from ._retry_policy import RetryEvent, RetryPolicy, RetryRun
-from ._wrap import is_async_callable, wrap_same_kind
+from ._wrap import callable_name, is_async_callable, wrap_same_kind
 
 __all__ = ["RetryEvent", "retry"]
 
@@ -36,7 +37,7 @@ _NO_RESULT: Any = None
 _sync_clock: Callable[[], float] = time.monotonic
 _sync_sleep: Callable[[float], object] = time.sleep
 _async_clock: Callable[[], float] = anyio.current_time
-_async_sleep: Callable[[float], Awaitable[object]] = anyio.sleep
+_async_sleep: Callable[[float], Coroutine[Any, Any, object]] = anyio.sleep
 
 
 def retry(
@@ -102,7 +103,7 @@ def retry(
             "@retry needs parentheses: write @retry() or @retry(attempts=5, ...), "
             f"not @retry (it received {_func!r} as its first argument)."
         )
-    policy = build_policy(
+    policy = RetryPolicy.from_options(
         on=on,
         attempts=attempts,
         backoff=backoff,
@@ -128,10 +129,10 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
     if policy.on_retry is not None and is_async_callable(policy.on_retry):
         raise TypeError(
             f"@retry(on_retry={policy.on_retry!r}) is async but "
-            f"{_name(func)} is a plain function, which cannot await it: "
+            f"{callable_name(func)} is a plain function, which cannot await it: "
             "pass a sync on_retry hook, or make the task async def."
         )
-    name = _name(func)
+    name = callable_name(func)
     catch, predicate = policy.catch, policy.predicate
 
     if policy.deadline is None and policy.retry_if is None:
@@ -144,16 +145,8 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
                     raise
                 error = exc
             try:
-                return _retry_sync(
-                    policy,
-                    name,
-                    func,
-                    args,
-                    kwargs,
-                    error=error,
-                    result=_NO_RESULT,
-                    start=None,
-                )
+                run = RetryRun(policy, name, None, error, _NO_RESULT)
+                return _retry_sync(run, functools.partial(func, *args, **kwargs))
             finally:
                 del error  # no exception -> traceback -> frame cycle
 
@@ -175,16 +168,8 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
                 return result
             error = None
         try:
-            return _retry_sync(
-                policy,
-                name,
-                func,
-                args,
-                kwargs,
-                error=error,
-                result=result,
-                start=start,
-            )
+            run = RetryRun(policy, name, start, error, result)
+            return _retry_sync(run, functools.partial(func, *args, **kwargs))
         finally:
             del error  # no exception -> traceback -> frame cycle
 
@@ -194,7 +179,7 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
 def _make_async(
     policy: RetryPolicy, func: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Awaitable[Any]]:
-    name = _name(func)
+    name = callable_name(func)
     catch, predicate = policy.catch, policy.predicate
 
     if policy.deadline is None and policy.retry_if is None:
@@ -207,16 +192,8 @@ def _make_async(
                     raise
                 error = exc
             try:
-                return await _retry_async(
-                    policy,
-                    name,
-                    func,
-                    args,
-                    kwargs,
-                    error=error,
-                    result=_NO_RESULT,
-                    start=None,
-                )
+                run = RetryRun(policy, name, None, error, _NO_RESULT)
+                return await _retry_async(run, functools.partial(func, *args, **kwargs))
             finally:
                 del error  # no exception -> traceback -> frame cycle
 
@@ -238,131 +215,81 @@ def _make_async(
                 return result
             error = None
         try:
-            return await _retry_async(
-                policy,
-                name,
-                func,
-                args,
-                kwargs,
-                error=error,
-                result=result,
-                start=start,
-            )
+            run = RetryRun(policy, name, start, error, result)
+            return await _retry_async(run, functools.partial(func, *args, **kwargs))
         finally:
             del error  # no exception -> traceback -> frame cycle
 
     return wrapper_with_options
 
 
-def _retry_sync(
-    policy: RetryPolicy,
-    name: str,
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    error: Exception | None,
-    result: Any,
-    start: float | None,
-) -> Any:
+def _retry_sync(run: RetryRun, call: Callable[[], Any]) -> Any:
     """Run attempts 2..N of a sync call whose first attempt failed."""
     clock = _sync_clock
-    run = RetryRun(policy, name, clock() if start is None else start)
-    catch, predicate, retry_if = policy.catch, policy.predicate, policy.retry_if
     try:
-        while True:
-            event = run.next_retry(clock(), error, result)
-            if event is None:
-                if error is None:
-                    run.give_up_result(clock())
-                    return result
-                raise run.give_up(clock(), error)
-            pending = run.announce(event)
-            if pending is not None:
-                _discard(run, pending)
-            if not run.instant and event.delay > 0:
-                _sync_sleep(event.delay)
-            run.attempt += 1
-            token = _enter_attempt(run.attempt)
-            try:
-                result = func(*args, **kwargs)
-            except catch as exc:
-                if predicate is not None and not predicate(exc):
-                    raise
-                error, result = exc, _NO_RESULT
-            else:
-                if retry_if is None or not retry_if(result):
-                    return result
-                error = None
-            finally:
-                attempt_var.reset(token)
+        while run.next_retry(clock()):
+            _discard(run, run.announce())
+            _wait_sync(run)
+            with run.next_attempt():
+                run.result = call()
+            if run.accepted():
+                return run.result
+        return run.give_up(clock())
     finally:
-        # Locals that hold exceptions would form exception -> traceback -> frame
-        # cycles, keeping the arguments alive until the garbage collector runs.
-        error = event = None
+        run.forget()
 
 
-async def _retry_async(
-    policy: RetryPolicy,
-    name: str,
-    func: Callable[..., Awaitable[Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    error: Exception | None,
-    result: Any,
-    start: float | None,
-) -> Any:
+async def _retry_async(run: RetryRun, call: Callable[[], Awaitable[Any]]) -> Any:
     """Run attempts 2..N of an async call whose first attempt failed."""
     clock = _async_clock
-    run = RetryRun(policy, name, clock() if start is None else start)
-    catch, predicate, retry_if = policy.catch, policy.predicate, policy.retry_if
     try:
-        while True:
-            event = run.next_retry(clock(), error, result)
-            if event is None:
-                if error is None:
-                    run.give_up_result(clock())
-                    return result
-                raise run.give_up(clock(), error)
-            pending = run.announce(event)
-            if pending is not None:
-                try:
-                    await cast("Awaitable[object]", pending)
-                except Exception:
-                    run.hook_failed()
+        while run.next_retry(clock()):
+            await _await_hook(run, run.announce())
+            delay = run.wait()
+            _announce_wait(delay)
             # Even a skipped wait is a cancellation point, as a real one would be.
-            await _async_sleep(0 if run.instant else event.delay)
-            run.attempt += 1
-            token = _enter_attempt(run.attempt)
-            try:
-                result = await func(*args, **kwargs)
-            except catch as exc:
-                if predicate is not None and not predicate(exc):
-                    raise
-                error, result = exc, _NO_RESULT
-            else:
-                if retry_if is None or not retry_if(result):
-                    return result
-                error = None
-            finally:
-                attempt_var.reset(token)
+            await _async_sleep(delay)
+            with run.next_attempt():
+                run.result = await call()
+            if run.accepted():
+                return run.result
+        return run.give_up(clock())
     finally:
-        # Locals that hold exceptions would form exception -> traceback -> frame
-        # cycles, keeping the arguments alive until the garbage collector runs.
-        error = event = None
+        run.forget()
 
 
-def _enter_attempt(attempt: int) -> Any:
-    """Publish the attempt number to the managed task and to readers of attempt_var."""
+def _wait_sync(run: RetryRun) -> None:
+    """Wait before a sync retry, or less: until a @timeout deadline or a cancel.
+
+    In an anyio worker thread the wait runs on the host task's event loop, in
+    its cancel scope, so cancelling the task ends the wait at once (raising its
+    cancellation exception here). Elsewhere nothing can cancel the thread. No
+    attempt starts after a cancel or a passed deadline.
+    """
+    delay = run.wait()
+    _announce_wait(delay)
+    if delay > 0:
+        left = remaining()
+        if left is not None:
+            delay = min(delay, left)  # stop_if_due raises TimeoutError after it
+        if in_worker_thread():
+            anyio.from_thread.run(_async_sleep, delay)
+        else:
+            _sync_sleep(delay)
+    stop_if_due(f"the retry of {run.name}")
+
+
+def _announce_wait(delay: float) -> None:
+    """Show a managed task's poller when its next attempt starts (wall clock)."""
     task = running_task_var.get()
     if task is not None:
-        task.record_attempt(attempt)
-    return attempt_var.set(attempt)
+        task.record_retry_wait(time.time() + delay)
 
 
 def _discard(run: RetryRun, pending: object) -> None:
     """Close the coroutine a hook returned in a sync function: it cannot be awaited."""
+    if pending is None:
+        return
     close = getattr(pending, "close", None)
     if close is not None:
         close()
@@ -374,8 +301,11 @@ def _discard(run: RetryRun, pending: object) -> None:
     )
 
 
-def _name(func: Callable[..., Any]) -> str:
-    target: object = func
-    while isinstance(target, functools.partial):
-        target = target.func
-    return str(getattr(target, "__qualname__", None) or type(target).__qualname__)
+async def _await_hook(run: RetryRun, pending: object) -> None:
+    """Await what an async hook returned; log what it raised and go on."""
+    if pending is None:
+        return
+    try:
+        await cast("Awaitable[object]", pending)
+    except Exception:
+        run.hook_failed()

@@ -1,10 +1,10 @@
-"""What ``retry`` decides once an attempt has failed: the slow path's pieces.
+"""What ``retry`` knows and decides: its options, and each call's slow path.
 
-`RetryPolicy` holds the validated options of one ``@retry(...)`` and never
-changes. `RetryRun` is created per call at the first failure only, so the
-success path allocates nothing; it keeps that call's attempt count, clock and
-previous delay, decides whether to retry, and announces each retry (record,
-log, hook).
+`RetryPolicy` holds the options of one ``@retry(...)``, checked where it is
+built (`RetryPolicy.from_options`), and never changes. `RetryRun` is created
+per call at the first failure only, so the success path allocates nothing; it
+keeps that call's attempt count, clock and previous delay, decides whether to
+retry, and announces each retry (record, log, hook).
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from contextvars import Token
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, cast, final
 
-from ._backoff import Backoff
+from ._backoff import Backoff, fixed
+from ._context import attempt_var, running_task_var
 from ._testing import RetryRecorder, instant_var
+from ._validate import check_int, to_seconds
 
 __all__ = ["RetryEvent", "RetryPolicy", "RetryRun"]
 
@@ -86,6 +90,119 @@ class RetryPolicy:
         self.on_retry = on_retry
         self.logger = _LOGGER if logger is None else logger
 
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        on: object,
+        attempts: object,
+        backoff: object,
+        deadline: object,
+        retry_if: object,
+        on_retry: object,
+        logger: object,
+    ) -> RetryPolicy:
+        """Check every option of ``retry`` as the user passed it; build the policy.
+
+        Each bad option fails here, when the decorator is built, with a
+        ``TypeError`` or ``ValueError`` that names the argument and the fix,
+        instead of surfacing at the first failure in production.
+        """
+        catch, predicate = _check_on(on)
+        return cls(
+            attempts=_check_attempts(attempts),
+            catch=catch,
+            predicate=predicate,
+            backoff=_check_backoff(backoff),
+            deadline=_check_deadline(deadline),
+            retry_if=_check_callable("retry_if", retry_if),
+            on_retry=_check_callable("on_retry", on_retry),
+            logger=_check_logger(logger),
+        )
+
+
+def _check_on(
+    on: object,
+) -> tuple[tuple[type[Exception], ...], Callable[[Exception], bool] | None]:
+    """Split ``on`` into the classes to catch and an optional predicate."""
+    if isinstance(on, (type, tuple)):
+        classes = cast("tuple[object, ...]", on if isinstance(on, tuple) else (on,))
+        if not classes:
+            raise ValueError(
+                "retry(on=()) would retry nothing: give at least one class."
+            )
+        for cls in classes:
+            if isinstance(cls, type) and issubclass(cls, Exception):
+                continue
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                # A right type with a value that can never work: ValueError.
+                raise ValueError(  # noqa: TRY004
+                    f"retry(on={cls.__qualname__}) can never retry: only Exception "
+                    "subclasses are retried; cancellation, KeyboardInterrupt, "
+                    "SystemExit and GeneratorExit always propagate. Use on=Exception "
+                    "or a narrower Exception subclass."
+                )
+            raise TypeError(
+                f"retry(on=...) takes exception classes or a predicate, got {cls!r}."
+            )
+        return cast("tuple[type[Exception], ...]", classes), None
+    if callable(on):
+        return (Exception,), cast("Callable[[Exception], bool]", on)
+    raise TypeError(
+        "retry(on=...) takes an exception class, a tuple of them, or a predicate "
+        f"(exception) -> bool, got {type(on).__name__} {on!r}."
+    )
+
+
+def _check_attempts(attempts: object) -> int:
+    # attempts counts the first try too: attempts=1 never retries.
+    check_int("retry(attempts=...)", attempts, minimum=1)
+    return cast("int", attempts)
+
+
+def _check_backoff(backoff: object) -> Callable[[int], float]:
+    if isinstance(backoff, (int, float)) and not isinstance(backoff, bool):
+        if not 0 <= backoff < math.inf:
+            raise ValueError(
+                f"retry(backoff={backoff!r}): a fixed delay must be a finite number "
+                "of seconds >= 0."
+            )
+        return fixed(backoff)
+    if isinstance(backoff, Backoff) or (
+        callable(backoff) and not isinstance(backoff, type)
+    ):
+        return cast("Callable[[int], float]", backoff)
+    raise TypeError(
+        "retry(backoff=...) takes a strategy from bgtasks.backoff, a callable "
+        f"(attempt) -> seconds, or a number of seconds, got {backoff!r}."
+    )
+
+
+def _check_deadline(deadline: object) -> float | None:
+    if deadline is None:
+        return None
+    return to_seconds(
+        deadline, "retry(deadline=...)", hint=" Leave it out (None) for no deadline."
+    )
+
+
+def _check_callable(argument: str, value: object) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"retry({argument}=...) takes a callable or None, got "
+            f"{type(value).__name__} {value!r}."
+        )
+    return value
+
+
+def _check_logger(logger: object) -> logging.Logger | None:
+    if logger is not None and not isinstance(logger, logging.Logger):
+        raise TypeError(
+            f"retry(logger=...) takes a logging.Logger or None, got {logger!r}: "
+            'use logging.getLogger("name").'
+        )
+    return logger
+
 
 @final
 class RetryRun:
@@ -93,41 +210,61 @@ class RetryRun:
 
     __slots__ = (
         "attempt",
+        "error",
+        "event",
         "name",
         "policy",
         "previous",
         "recorder",
+        "result",
         "skipped",
         "start",
+        "started",
+        "token",
     )
 
-    def __init__(self, policy: RetryPolicy, name: str, start: float) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        name: str,
+        start: float | None,
+        error: Exception | None,
+        result: object,
+    ) -> None:
         self.policy = policy
         self.name = name
-        self.start = start
+        # When the call started (with a deadline), else the first failure: the
+        # success path reads no clock, so next_retry reads it then.
+        self.start = 0.0 if start is None else start
+        self.started = start is not None
+        self.event: RetryEvent | None = None  # the retry being made
         self.attempt = 1
+        self.error = error  # the last attempt's exception, or None
+        self.result: Any = result  # its result, when error is None
         self.previous: float | None = None
         self.recorder: RetryRecorder | None = instant_var.get()
         self.skipped = 0.0  # waits skipped under instant_retries count as slept
+        self.token: Token[int] | None = None  # the attempt_var of the attempt
 
     @property
     def instant(self) -> bool:
         """Whether waits are skipped (under ``bgtasks.testing.instant_retries``)."""
         return self.recorder is not None
 
-    def next_retry(
-        self, now: float, exception: Exception | None, result: object
-    ) -> RetryEvent | None:
-        """Return the retry of the failed attempt, or ``None`` to give up."""
+    def next_retry(self, now: float) -> bool:
+        """Decide whether to retry the failed attempt; keep the retry in ``event``."""
+        if not self.started:
+            self.start, self.started = now, True
+        exception, result = self.error, self.result
         policy = self.policy
         if self.attempt >= policy.attempts:
-            return None
+            return False
         delay = self._delay(exception)
         elapsed = now - self.start + self.skipped
         if policy.deadline is not None and elapsed + delay > policy.deadline:
-            return None
+            return False
         self.previous = delay
-        return RetryEvent(
+        self.event = RetryEvent(
             name=self.name,
             attempt=self.attempt,
             exception=exception,
@@ -135,6 +272,7 @@ class RetryRun:
             delay=delay,
             elapsed=elapsed,
         )
+        return True
 
     def _delay(self, exception: Exception | None) -> float:
         strategy = self.policy.backoff
@@ -159,12 +297,14 @@ class RetryRun:
             ) from exception
         return float(delay)
 
-    def announce(self, event: RetryEvent) -> object:
+    def announce(self) -> object:
         """Record and log the retry, call the hook, return what it returned to await.
 
         A hook that raises is logged and the retry goes on: a bug in a hook must
         not replace the task's own exception nor stop its retries.
         """
+        event = self.event
+        assert event is not None  # set by next_retry
         if self.recorder is not None:
             self.recorder._record(event)  # pyright: ignore[reportPrivateUsage]
             self.skipped += event.delay
@@ -210,7 +350,66 @@ class RetryRun:
             },
         )
 
-    def give_up(self, now: float, exception: Exception) -> Exception:
+    def wait(self) -> float:
+        """Return how long to wait before the retry: none under instant_retries."""
+        event = self.event
+        return 0.0 if self.recorder is not None or event is None else event.delay
+
+    def next_attempt(self) -> RetryRun:
+        """Start the next attempt: use as ``with run.next_attempt(): run.result = ...``.
+
+        Publishes the attempt's number (to the managed task and attempt_var).
+        On leaving the block, a retryable exception is kept in ``error`` and
+        swallowed; any other propagates untouched.
+        """
+        self.attempt += 1
+        task = running_task_var.get()
+        if task is not None:
+            task.record_attempt(self.attempt)
+        self.token = attempt_var.set(self.attempt)
+        self.error = None
+        return self
+
+    def __enter__(self) -> None:
+        """Enter the attempt that :meth:`next_attempt` started."""
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        """Keep a retryable exception and swallow it; let anything else through."""
+        if self.token is not None:
+            attempt_var.reset(self.token)
+            self.token = None
+        if not isinstance(exc, Exception):
+            return False  # success, or a cancellation: never retried
+        policy = self.policy
+        if not isinstance(exc, policy.catch) or (
+            policy.predicate is not None and not policy.predicate(exc)
+        ):
+            return False
+        self.error, self.result = exc, None
+        return True
+
+    def accepted(self) -> bool:
+        """Tell whether the attempt just made is the call's outcome: no retry."""
+        retry_if = self.policy.retry_if
+        return self.error is None and (retry_if is None or not retry_if(self.result))
+
+    def give_up(self, now: float) -> Any:
+        """End the call: raise the last exception, or return the rejected result."""
+        if self.error is None:
+            self.give_up_result(now)
+            return self.result
+        raise self._final(now, self.error)
+
+    def forget(self) -> None:
+        """Drop the last exception: exception -> traceback -> frame -> run cycles."""
+        self.error = self.result = self.event = None
+
+    def _final(self, now: float, exception: Exception) -> Exception:
         """Note on ``exception`` (3.11+) why it is final, and return it to re-raise."""
         if sys.version_info >= (3, 11):
             prefix = f"bgtasks.retry: gave up on {self.name} "

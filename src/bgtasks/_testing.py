@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, final
 
-from ._idempotent import default_store
-from ._stores import MemoryStore
+from ._idempotency.decorator import default_store
+from ._idempotency.stores import MemoryStore
 
 if TYPE_CHECKING:
     from ._retry_policy import RetryEvent

@@ -21,7 +21,7 @@ from typing_extensions import ParamSpec
 
 from ._deadline import Deadline, checkpoint, deadline_var, remaining, seconds_left
 from ._validate import to_seconds
-from ._wrap import wrap_same_kind
+from ._wrap import callable_name, wrap_same_kind
 
 __all__ = ["TimeoutDecorator", "checkpoint", "remaining", "timeout"]
 
@@ -72,7 +72,7 @@ def timeout(seconds: float | timedelta) -> TimeoutDecorator:
     limit = _check_seconds(seconds)
 
     def decorate(func: Callable[P, T], /) -> Callable[P, T]:
-        name = _name_of(func)
+        name = callable_name(func)
         return wrap_same_kind(
             func,
             "timeout",
@@ -92,10 +92,6 @@ def _check_seconds(seconds: object) -> float:
     return to_seconds(
         seconds, "timeout(seconds)", hint=" For no limit, leave out @timeout."
     )
-
-
-def _name_of(func: Callable[..., Any]) -> str:
-    return getattr(func, "__qualname__", None) or repr(func)
 
 
 def _make_async(

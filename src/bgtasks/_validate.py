@@ -10,7 +10,7 @@ import math
 import numbers
 from datetime import timedelta
 
-__all__ = ["to_seconds"]
+__all__ = ["check_int", "to_seconds"]
 
 
 def to_seconds(
@@ -52,3 +52,24 @@ def to_seconds(
             f"{value!r}: write e.g. 30 or timedelta(minutes=5).{hint}"
         )
     return seconds
+
+
+def check_int(name: str, value: object, *, minimum: int, none_ok: bool = False) -> None:
+    """Refuse what is not an int (a bool is not) of at least ``minimum``.
+
+    Args:
+        name: the argument as the user wrote it, for messages.
+        value: what the user passed; ``None`` is the caller's to allow first.
+        minimum: the smallest accepted value.
+        none_ok: say in the message that ``None`` is accepted too.
+
+    Raises:
+        TypeError: ``value`` is not an int.
+        ValueError: ``value`` is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be an int{' or None' if none_ok else ''}, got {value!r}."
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")

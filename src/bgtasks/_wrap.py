@@ -15,10 +15,33 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["check_decoratable", "is_async_callable", "wrap_same_kind"]
+__all__ = [
+    "callable_name",
+    "check_decoratable",
+    "is_async_callable",
+    "unwrap_partial",
+    "wrap_same_kind",
+]
 
 SyncFactory = Callable[[Callable[..., Any]], Callable[..., Any]]
 AsyncFactory = Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]
+
+
+def unwrap_partial(func: object) -> object:
+    """Return the callable inside any number of ``functools.partial`` layers."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return func
+
+
+def callable_name(func: object) -> str:
+    """Return the qualified name of ``func``, as bgtasks names it everywhere.
+
+    Sees through ``functools.partial`` (whose repr would show its arguments);
+    a callable object is named after its class.
+    """
+    target = unwrap_partial(func)
+    return str(getattr(target, "__qualname__", None) or type(target).__qualname__)
 
 
 def is_async_callable(obj: object) -> bool:
@@ -27,8 +50,7 @@ def is_async_callable(obj: object) -> bool:
     Sees through ``functools.partial`` and callable objects whose ``__call__`` is
     ``async def``, exactly like ``starlette._utils.is_async_callable``.
     """
-    while isinstance(obj, functools.partial):
-        obj = obj.func
+    obj = unwrap_partial(obj)
     # An object whose __call__ is async counts too; B004 does not apply: we
     # need the attribute itself, not whether the object is callable.
     return inspect.iscoroutinefunction(obj) or (
@@ -43,9 +65,7 @@ def check_decoratable(func: object, decorator: str) -> None:
         TypeError: ``func`` is a class, a generator or async generator function,
             or not callable at all; the message names the decorator and the fix.
     """
-    target = func
-    while isinstance(target, functools.partial):
-        target = target.func
+    target = unwrap_partial(func)
     if isinstance(target, type):
         raise TypeError(
             f"@{decorator} wraps functions, not classes: got class "

@@ -9,11 +9,12 @@ from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
-from ._keys import make_fingerprint, make_key
-from ._single_flight import RUN, OnDuplicate, Policy, new_owner
-from ._stores import IdempotencyStore, MemoryStore
-from ._validate import to_seconds
-from ._wrap import check_decoratable, wrap_same_kind
+from .._context import IDEMPOTENT_MARKER, outcome_var, report_outcome
+from .._validate import to_seconds
+from .._wrap import callable_name, check_decoratable, unwrap_partial, wrap_same_kind
+from .keys import make_fingerprint, make_key
+from .policy import RUN, OnDuplicate, Policy, new_owner
+from .stores import IdempotencyStore, MemoryStore
 
 __all__ = ["default_store", "idempotent"]
 
@@ -58,16 +59,6 @@ def _error_types(value: object) -> tuple[type[Exception], ...]:
             )
         types.append(item)
     return tuple(types)
-
-
-def _names(func: Callable[..., Any]) -> tuple[str, str]:
-    """Return ``(qualname, module)`` of ``func``, seeing through partials."""
-    target: Any = func
-    while isinstance(target, functools.partial):
-        target = target.func
-    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
-    module = getattr(target, "__module__", None) or type(target).__module__
-    return qualname, module
 
 
 @overload
@@ -155,8 +146,9 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
     Raises:
         TypeError: an option has the wrong type, ``key`` is missing, or the
             decorator was used bare (``@idempotent`` without parentheses).
-        ValueError: an unknown ``on_duplicate``, a non-positive duration, or a
-            key template naming something that is not an argument.
+        ValueError: an unknown ``on_duplicate``, a non-positive duration, an
+            empty key, or a key template naming something that is not an
+            argument.
 
     Examples:
         >>> @idempotent(key="welcome:{email}")
@@ -182,6 +174,11 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
         raise TypeError(
             f"@idempotent(key=...) must be a str template or a callable, got "
             f"{type(key).__name__}."
+        )
+    if key == "":
+        raise ValueError(
+            '@idempotent(key="") is empty, so every call would share one key: name '
+            'the arguments that make a call unique, as in key="welcome:{email}".'
         )
     if on_duplicate not in _MODES:
         raise ValueError(
@@ -221,7 +218,9 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         check_decoratable(func, "idempotent")
-        qualname, module = _names(func)
+        qualname = callable_name(func)
+        target = unwrap_partial(func)
+        module = getattr(target, "__module__", None) or type(target).__module__
         ns = namespace if namespace is not None else f"{module}.{qualname}"
         fingerprint_of = None
         if fingerprint is not False:
@@ -238,12 +237,15 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
             wait_timeout=wait_s,
             record_errors=errors,
         )
-        return wrap_same_kind(
+        wrapper = wrap_same_kind(
             func,
             "idempotent",
             sync=functools.partial(_sync_wrapper, policy),
             async_=functools.partial(_async_wrapper, policy),
         )
+        # After update_wrapper, so an idempotent below does not replace it.
+        wrapper.__dict__[IDEMPOTENT_MARKER] = policy.start_reporting
+        return wrapper
 
     return decorate
 
@@ -252,15 +254,20 @@ def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any
     # Locals: the hit path is a handful of lookups, no attribute access on policy.
     store, key_of, fingerprint_of = policy.store, policy.key_of, policy.fingerprint_of
     lease = policy.lease
+    reporting = False  # until a logged above calls report(): one cell read a hit
 
     def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
         key = key_of(args, kwargs)
         fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
         record = store.get(key)
         if record is not None:
+            if reporting:
+                report_outcome("replayed")
             if fp is None and record.error is None:
                 return record.value
             return policy.replay(record, fp)
+        # The logged call around, read now: the body may set another one.
+        slot = outcome_var.get() if reporting else None
         owner = new_owner()
         found = store.claim(key, owner=owner, lease=lease, fingerprint=fp)
         if found.status != "claimed":
@@ -270,11 +277,16 @@ def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:
-            policy.fail(key, owner, fp, exc)
+            policy.fail(key, owner, fp, exc, slot)
             raise
-        policy.succeed(key, owner, fp, value)
+        policy.succeed(key, owner, fp, value, slot)
         return value
 
+    def report() -> None:
+        nonlocal reporting
+        reporting = policy.reporting = True
+
+    policy.start_reporting = report
     return idempotent_wrapper
 
 
@@ -284,15 +296,20 @@ def _async_wrapper(
     # Locals: the hit path is a handful of lookups, no attribute access on policy.
     store, key_of, fingerprint_of = policy.store, policy.key_of, policy.fingerprint_of
     lease = policy.lease
+    reporting = False  # until a logged above calls report(): one cell read a hit
 
     async def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
         key = key_of(args, kwargs)
         fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
         record = store.get(key)
         if record is not None:
+            if reporting:
+                report_outcome("replayed")
             if fp is None and record.error is None:
                 return record.value
             return policy.replay(record, fp)
+        # The logged call around, read now: the body may set another one.
+        slot = outcome_var.get() if reporting else None
         owner = new_owner()
         found = store.claim(key, owner=owner, lease=lease, fingerprint=fp)
         if found.status != "claimed":
@@ -302,9 +319,14 @@ def _async_wrapper(
         try:
             value = await func(*args, **kwargs)
         except BaseException as exc:
-            policy.fail(key, owner, fp, exc)
+            policy.fail(key, owner, fp, exc, slot)
             raise
-        policy.succeed(key, owner, fp, value)
+        policy.succeed(key, owner, fp, value, slot)
         return value
 
+    def report() -> None:
+        nonlocal reporting
+        reporting = policy.reporting = True
+
+    policy.start_reporting = report
     return idempotent_wrapper

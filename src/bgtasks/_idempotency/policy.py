@@ -13,15 +13,17 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable, Generator
 from typing import Any, Literal, TypeVar
 
 import anyio
 
-from ._deadline import checkpoint, remaining
-from ._flight import board
-from ._keys import KeyFunction
-from ._stores import ClaimResult, IdempotencyRecord, IdempotencyStore
-from .exceptions import DuplicateTaskError, IdempotencyConflictError
+from .._context import DuplicateOutcome, report_outcome
+from .._deadline import checkpoint, remaining
+from ..exceptions import DuplicateTaskError, IdempotencyConflictError
+from .keys import KeyFunction
+from .stores import ClaimResult, IdempotencyRecord, IdempotencyStore
+from .waiting import LoopWaiters, board
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -63,6 +65,10 @@ def new_owner() -> str:
     return f"{_owners.prefix}-{next(_owners.counter)}"
 
 
+def _no_op() -> None:
+    """Stand in for the wrapper's ``start_reporting`` until it is built."""
+
+
 class Policy:
     """The options of one decorated function, and its slow paths."""
 
@@ -73,6 +79,8 @@ class Policy:
         "mode",
         "name",
         "record_errors",
+        "reporting",
+        "start_reporting",
         "store",
         "ttl",
         "wait_timeout",
@@ -100,6 +108,9 @@ class Policy:
         self.lease = lease
         self.wait_timeout = wait_timeout
         self.record_errors = record_errors
+        # Set by ``logged`` above: report replays, waits and skips to it.
+        self.reporting = False
+        self.start_reporting: Callable[[], None] = _no_op
 
     def replay(self, record: IdempotencyRecord | None, fingerprint: str | None) -> Any:
         """Return (or raise) a completed key's recorded outcome."""
@@ -123,16 +134,22 @@ class Policy:
                 "arguments."
             )
 
-    def _settle(self, found: ClaimResult, fingerprint: str | None) -> Any:
+    def _settle(
+        self, found: ClaimResult, fingerprint: str | None, outcome: DuplicateOutcome
+    ) -> Any:
         # A "claimed" or "completed" result: run, or replay.
         if found.status == "claimed":
             return RUN
+        if self.reporting:
+            report_outcome(outcome)
         return self.replay(found.record, fingerprint)
 
     def _duplicate_now(self, found: ClaimResult, fingerprint: str | None) -> Any:
         # The key is running elsewhere and this mode does not wait.
         self._check_conflict(found.fingerprint, fingerprint)
         if self.mode == "skip":
+            if self.reporting:
+                report_outcome("skipped")
             return None
         raise DuplicateTaskError(
             f"{self.name}() is already running for this idempotency key "
@@ -159,66 +176,97 @@ class Policy:
             timeout = min(timeout, left)
         return max(0.0, min(timeout, threading.TIMEOUT_MAX))
 
-    def settle_sync(
-        self, found: ClaimResult, key: str, owner: str, fingerprint: str | None
-    ) -> Any:
-        """Replay, skip, raise, or wait in this thread until the key is free or done."""
+    def _waits(
+        self,
+        found: ClaimResult,
+        key: str,
+        owner: str,
+        fingerprint: str | None,
+        *,
+        in_thread: bool,
+    ) -> Generator[tuple[float, Any], None, Any]:
+        """Settle a duplicate, for either kind: its return value is the outcome.
+
+        Replays, skips or raises at once when it can; otherwise yields, again
+        and again, how long to wait and what to wait on (a ``threading.Event``
+        in a thread, a ``LoopWaiters`` on a loop), having joined the key's
+        flight *before* looking at the store, so no landing is missed.
+        """
         if found.status != "in_progress":
-            return self._settle(found, fingerprint)
+            return self._settle(found, fingerprint, "replayed")
         if self.mode != "wait":
             return self._duplicate_now(found, fingerprint)
-        deadline = (
-            None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
-        )
+        clock = time.monotonic if in_thread else anyio.current_time
+        deadline = None if self.wait_timeout is None else clock() + self.wait_timeout
         store = self.store
         while True:
-            flight, event = board.join_thread(store, key)
+            waiter: object
+            loop_waiters: LoopWaiters | None = None
+            if in_thread:
+                flight, waiter = board.join_thread(store, key)
+            else:
+                flight, loop_waiters = board.join_loop(store, key)
+                waiter = loop_waiters
             try:
                 found = store.claim(
                     key, owner=owner, lease=self.lease, fingerprint=fingerprint
                 )
                 if found.status != "in_progress":
-                    return self._settle(found, fingerprint)
-                # A blocked thread cannot be cancelled: wait in short slices and
-                # let checkpoint() raise for a passed @timeout or a cancelled task.
-                checkpoint()
-                wait = self._wait_for(found, fingerprint, deadline, time.monotonic())
+                    return self._settle(found, fingerprint, "waited")
+                if in_thread:
+                    # A blocked thread cannot be cancelled: it waits in short
+                    # slices, and checkpoint() raises for a passed @timeout or a
+                    # cancelled task.
+                    checkpoint()
+                yield self._wait_for(found, fingerprint, deadline, clock()), waiter
+            finally:
+                board.leave(store, key, flight, loop_waiters)
+
+    def settle_sync(
+        self, found: ClaimResult, key: str, owner: str, fingerprint: str | None
+    ) -> Any:
+        """Replay, skip, raise, or wait in this thread until the key is free or done."""
+        steps = self._waits(found, key, owner, fingerprint, in_thread=True)
+        try:
+            while True:
+                wait, event = next(steps)
                 left = remaining()
                 event.wait(min(wait, _SYNC_WAIT_SLICE, wait if left is None else left))
-            finally:
-                board.leave(store, key, flight)
+        except StopIteration as done:
+            return done.value
+        finally:
+            steps.close()
 
     async def settle_async(
         self, found: ClaimResult, key: str, owner: str, fingerprint: str | None
     ) -> Any:
         """Like :meth:`settle_sync`, waiting as a cancellable task on the loop."""
-        if found.status != "in_progress":
-            return self._settle(found, fingerprint)
-        if self.mode != "wait":
-            return self._duplicate_now(found, fingerprint)
-        now = anyio.current_time()
-        deadline = None if self.wait_timeout is None else now + self.wait_timeout
-        store = self.store
-        while True:
-            flight, waiters = board.join_loop(store, key)
-            try:
-                found = store.claim(
-                    key, owner=owner, lease=self.lease, fingerprint=fingerprint
-                )
-                if found.status != "in_progress":
-                    return self._settle(found, fingerprint)
-                timeout = self._wait_for(
-                    found, fingerprint, deadline, anyio.current_time()
-                )
+        steps = self._waits(found, key, owner, fingerprint, in_thread=False)
+        try:
+            while True:
+                timeout, waiters = next(steps)
                 with anyio.move_on_after(timeout):
                     await waiters.event.wait()
-            finally:
-                board.leave(store, key, flight, waiters)
+        except StopIteration as done:
+            return done.value
+        finally:
+            steps.close()
 
     def succeed(
-        self, key: str, owner: str, fingerprint: str | None, value: object
+        self,
+        key: str,
+        owner: str,
+        fingerprint: str | None,
+        value: object,
+        slot: dict[str, Any] | None = None,
     ) -> None:
-        """Record the owner's result and wake the key's waiters."""
+        """Record the owner's result and wake the key's waiters.
+
+        ``slot`` is the ``logged`` call's fields read before the body ran: it
+        ran, so an outcome a nested call wrote there is not this call's.
+        """
+        if slot is not None:
+            slot.pop("outcome", None)
         try:
             self.store.complete(
                 key,
@@ -230,9 +278,16 @@ class Policy:
             board.land(self.store, key)
 
     def fail(
-        self, key: str, owner: str, fingerprint: str | None, exc: BaseException
+        self,
+        key: str,
+        owner: str,
+        fingerprint: str | None,
+        exc: BaseException,
+        slot: dict[str, Any] | None = None,
     ) -> None:
         """Record a listed error, or release the claim; then wake the waiters."""
+        if slot is not None:
+            slot.pop("outcome", None)  # it ran: see succeed
         try:
             if self.record_errors and isinstance(exc, self.record_errors):
                 self.store.complete(

@@ -15,7 +15,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Literal, NamedTuple, Protocol, cast, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
+
+from .._validate import check_int
 
 __all__ = [
     "CLAIMED",
@@ -164,17 +166,7 @@ class MemoryStore:
     def __init__(
         self, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        given = cast("object", max_entries)  # users may pass anything: check it
-        if isinstance(given, bool) or not isinstance(given, int):
-            raise TypeError(
-                f"MemoryStore(max_entries=...) must be an int, got "
-                f"{type(max_entries).__name__}: pass a whole number such as 10_000."
-            )
-        if max_entries < 1:
-            raise ValueError(
-                f"MemoryStore(max_entries={max_entries}) must be at least 1: it "
-                "bounds how many keys the store keeps."
-            )
+        check_int("MemoryStore(max_entries=...)", max_entries, minimum=1)
         if not callable(clock):
             raise TypeError(
                 f"MemoryStore(clock=...) must be callable returning seconds, got "

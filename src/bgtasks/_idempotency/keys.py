@@ -34,6 +34,25 @@ def _signature(func: Callable[..., Any], what: str) -> inspect.Signature:
         ) from exc
 
 
+def _bind(
+    signature: inspect.Signature,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    what: str,
+) -> dict[str, Any]:
+    """Bind a call to ``signature``, defaults applied; a bad call says ``what``.
+
+    Raises:
+        TypeError: the arguments do not fit (inspect's message names no value).
+    """
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"cannot {what}: {exc}") from exc
+    bound.apply_defaults()
+    return bound.arguments
+
+
 def _template_fields(template: str) -> list[str]:
     """Return the argument names a ``str.format`` template refers to."""
     try:
@@ -43,9 +62,14 @@ def _template_fields(template: str) -> list[str]:
             f"@idempotent(key={template!r}) is not a valid str.format template: {exc}."
         ) from exc
     names: list[str] = []
-    for _literal, field, spec, _conversion in parsed:
+    for _literal, field, spec, conversion in parsed:
         if field is None:
             continue
+        if conversion not in _CONVERSIONS:
+            raise ValueError(
+                f"@idempotent(key={template!r}) has an unknown conversion specifier "
+                f"!{conversion}: use !r, !s or !a, or none."
+            )
         name = _FIELD_END.split(field, maxsplit=1)[0]
         if not name.isidentifier():
             raise ValueError(
@@ -75,21 +99,18 @@ def _template_key(
     def fail(exc: Exception) -> ValueError:
         return ValueError(
             f"could not format the idempotency key template {template!r} for "
-            f"{qualname}(): {type(exc).__name__}: {exc}"
+            f"{qualname}(): it raised {type(exc).__name__} (the original is this "
+            "error's __cause__)"
         )
 
     if any(params[n].kind in _VARIADIC for n in names):
         # *args/**kwargs fields need the full binding; rare enough to pay for it.
+        building = f"build the idempotency key of {qualname}()"
+
         def slow_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            arguments = _bind(signature, args, kwargs, building)
             try:
-                bound = signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(
-                    f"cannot build the idempotency key of {qualname}(): {exc}"
-                ) from exc
-            bound.apply_defaults()
-            try:
-                return prefix + template.format_map(bound.arguments)
+                return prefix + template.format_map(arguments)
             except Exception as exc:
                 raise fail(exc) from exc
 
@@ -164,18 +185,29 @@ def _compiled_key(
     Each field is formatted exactly as ``str.format`` would: conversion, then
     ``format(value, spec)``; it saves the per-call parse on the hit path.
     """
-    head = prefix + parsed[0][0]
+    # The parser splits literal text at each escaped brace ("{{" ends an item
+    # with "{"), so join the literals before each field, and those after the last.
+    fields: list[tuple[str, str, str | None, str | None]] = []
+    text = ""
+    for literal, field, spec, conversion in parsed:
+        text += literal
+        if field is not None:
+            fields.append((text, field, spec, conversion))
+            text = ""
+    literals = [before for before, *_ in fields] + [text]
+    head = prefix + literals[0]
     parts: list[
         tuple[str, int, bool, Any, Callable[[object], str] | None, str, str]
     ] = []
-    for i, (_literal, field, spec, conversion) in enumerate(parsed):
-        if field is None:
-            continue
-        following = parsed[i + 1][0] if i + 1 < len(parsed) else ""
-        if conversion not in _CONVERSIONS:
-            raise fail(ValueError(f"unknown conversion specifier {conversion!r}"))
+    for i, (_before, field, spec, conversion) in enumerate(fields):
         parts.append(
-            (field, *where(field), _CONVERSIONS[conversion], spec or "", following)
+            (
+                field,
+                *where(field),
+                _CONVERSIONS[conversion],
+                spec or "",
+                literals[i + 1],
+            )
         )
 
     def compiled_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -209,7 +241,11 @@ def _user_str_function(
         try:
             value = user(*args, **kwargs)
         except Exception as exc:
-            raise ValueError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+            # Only the type: the message may hold argument values (an email).
+            raise ValueError(
+                f"{what} raised {type(exc).__name__} (the original is this "
+                "error's __cause__)"
+            ) from exc
         if not isinstance(value, str):
             raise TypeError(
                 f"{what} must return a str, got {type(value).__name__}{hint}."
@@ -287,23 +323,19 @@ def make_fingerprint(
                 return None
         return tuple(zip(names, values, strict=True)) if used == len(kwargs) else None
 
+    binding = f"fingerprint the arguments of {qualname}()"
+
     def repr_fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         items = quick_items(args, kwargs)
         if items is None:
-            try:
-                bound = signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(
-                    f"cannot fingerprint the arguments of {qualname}(): {exc}"
-                ) from exc
-            bound.apply_defaults()
-            items = tuple(bound.arguments.items())
+            items = tuple(_bind(signature, args, kwargs, binding).items())
         try:
             text = repr(items)
         except Exception as exc:
             raise ValueError(
                 f"cannot fingerprint the arguments of {qualname}(): an argument's "
-                f"repr raised {type(exc).__name__}: {exc}"
+                f"repr raised {type(exc).__name__} (the original is this error's "
+                "__cause__)"
             ) from exc
         data = text.encode("utf-8", "backslashreplace")
         return hashlib.blake2b(data, digest_size=16).hexdigest()
