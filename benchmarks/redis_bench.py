@@ -25,7 +25,7 @@ import anyio
 import coredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from bgtasks._stores import IdempotencyRecord
+from bgtasks._idempotency.stores import IdempotencyRecord
 from bgtasks.redis import RedisStore
 from redis_server import RedisServer
 

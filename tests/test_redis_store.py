@@ -18,7 +18,7 @@ import coredis
 import pytest
 
 from bgtasks._redis._store import FencedClaim
-from bgtasks._stores import IdempotencyRecord
+from bgtasks._idempotency.stores import IdempotencyRecord
 from bgtasks.redis import (
     BackendUnavailableError,
     JSONSerializer,
@@ -554,7 +554,7 @@ async def test_a_users_client_is_used_and_left_open(
 _WORKER = """
 import json, os, sys
 import anyio
-from bgtasks._stores import IdempotencyRecord
+from bgtasks._idempotency.stores import IdempotencyRecord
 from bgtasks.redis import RedisStore
 
 url, prefix, backend, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from bgtasks import MemoryStore, backoff, retry
-from bgtasks._idempotent import default_store
+from bgtasks._idempotency.decorator import default_store
 from bgtasks._testing import instant_var
 from bgtasks.testing import RetryRecorder, instant_retries
 

@@ -12,7 +12,7 @@ import coredis
 from typing_extensions import assert_type
 
 from bgtasks._redis._store import FencedClaim
-from bgtasks._stores import IdempotencyRecord
+from bgtasks._idempotency.stores import IdempotencyRecord
 from bgtasks.redis import JSONSerializer, RecordedError, RedisStore
 
 store = RedisStore.from_url("redis://localhost", prefix="shop", timeout=0.5)
