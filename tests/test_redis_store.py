@@ -17,8 +17,8 @@ import anyio
 import coredis
 import pytest
 
-from bgtasks._redis._store import FencedClaim
 from bgtasks._idempotency.stores import IdempotencyRecord
+from bgtasks._redis._store import FencedClaim
 from bgtasks.redis import (
     BackendUnavailableError,
     JSONSerializer,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import coredis
 from typing_extensions import assert_type
 
-from bgtasks._redis._store import FencedClaim
 from bgtasks._idempotency.stores import IdempotencyRecord
+from bgtasks._redis._store import FencedClaim
 from bgtasks.redis import JSONSerializer, RecordedError, RedisStore
 
 store = RedisStore.from_url("redis://localhost", prefix="shop", timeout=0.5)

@@ -23,8 +23,8 @@ import coredis.exceptions
 import coredis.retry
 from coredis.commands import Script
 
-from .._idempotency.waiting import board
 from .._idempotency.stores import ClaimStatus, IdempotencyRecord
+from .._idempotency.waiting import board
 from ._codec import (
     JSONSerializer,
     Serializer,
@@ -53,7 +53,7 @@ _RETRY = coredis.retry.ConstantRetryPolicy(
 
 
 class FencedClaim(NamedTuple):
-    """:class:`~bgtasks._idempotency.stores.ClaimResult`'s fields, plus the claim's fence.
+    """The fields of ``ClaimResult`` (bgtasks._idempotency.stores), plus the fence.
 
     Until ``ClaimResult`` gains ``fence: int = 0`` (its last field), the Redis
     store returns this: same fields in the same order, then ``fence``.
