@@ -112,7 +112,7 @@ class TaskSource:
                 return Page(matches, None)
         if name is None and id_prefix is None and cursor is None:
             # The common case, cheap: the manager stops after limit + 1.
-            found = self._manager.list(state=state, limit=limit + 1)
+            found: list[TaskInfo] = self._manager.list(state=state, limit=limit + 1)
         else:
             needle = None if name is None else name.casefold()
             found = [
