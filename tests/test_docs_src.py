@@ -1,0 +1,421 @@
+"""Every complete file under docs_src/ runs, and does what its docs page says.
+
+The tutorial's and the recipes' pages include these files (``--8<--``), so the
+tests below are the proof of each page's claims: the retry step really retries,
+the idempotent step really runs once, the tracking step's status URL answers.
+Each file is imported fresh per test, as uvicorn would import it.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the apps' annotations.
+
+import importlib
+import itertools
+import json
+import logging
+import logging.config
+import re
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import pytest
+
+from bgtasks import TaskEvent, TaskManager, TaskState, current_task
+from bgtasks.testing import RetryRecorder
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers httpx2 for its TestClient; httpx still works.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS_SRC = ROOT / "docs_src"
+Backend = Literal["asyncio", "trio"]
+_fresh = itertools.count()
+
+
+def load(relative: str) -> ModuleType:
+    """Import docs_src/<relative> as a new module, as ``uvicorn module:app`` would."""
+    path = DOCS_SRC / relative
+    name = f"docs_src_{path.stem}_{next(_fresh)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def backend(anyio_backend: str) -> Backend:
+    """The anyio backend of this run, typed for ``TestClient(backend=...)``."""
+    return "trio" if anyio_backend == "trio" else "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tutorial writes ./log.txt: keep it in a temporary directory."""
+    monkeypatch.chdir(tmp_path)
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` from a worker thread, for at most 5 s."""
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
+class MailServer:
+    """A fake of the tutorial's ``connect_to_mail_server``, counting its calls.
+
+    ``failures`` are raised by the first calls, in order; ``on_call(n)`` runs
+    at call number ``n`` (from 1), in the task's thread, to hold it there.
+    """
+
+    def __init__(
+        self,
+        failures: list[Exception] | None = None,
+        on_call: Callable[[int], None] | None = None,
+    ) -> None:
+        self.failures = list(failures or [])
+        self.on_call = on_call
+        self.calls = 0
+        self.timeouts: list[float | None] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, timeout: float | None = None) -> None:
+        with self._lock:
+            self.calls += 1
+            number = self.calls
+            self.timeouts.append(timeout)
+            failure = self.failures.pop(0) if self.failures else None
+        if self.on_call is not None:
+            self.on_call(number)
+        if failure is not None:
+            raise failure
+
+
+def busy() -> ConnectionError:
+    """What the tutorial's mail server raises when it is busy."""
+    return ConnectionError("421 mail server busy, try again later")
+
+
+NOTIFICATION = "notification for foo@example.com: some notification"
+
+
+# --- The tutorial, step by step -------------------------------------------------
+
+
+def test_step00_is_fastapis_example(backend: Backend) -> None:
+    """Step 0 is FastAPI's own example and behaves as FastAPI's test says."""
+    step = load("tutorial/step00_fastapi.py")
+    with TestClient(step.app, backend=backend) as client:
+        response = client.post("/send-notification/foo@example.com")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"message": "Notification sent in the background"}
+    assert Path("log.txt").read_text() == NOTIFICATION
+
+
+def test_step01_retries_a_busy_mail_server(
+    backend: Backend, instant_retries: RetryRecorder
+) -> None:
+    """Step 1: two refused connections are retried, with exponential waits."""
+    step = load("tutorial/step01_retry.py")
+    step.connect_to_mail_server = server = MailServer([busy(), busy()])
+    with TestClient(step.app, backend=backend) as client:
+        response = client.post("/send-notification/foo@example.com")
+    assert response.status_code == 200
+    assert Path("log.txt").read_text() == NOTIFICATION
+    assert server.calls == 3
+    assert instant_retries.attempts == [1, 2]
+    assert instant_retries.delays == [0.5, 1.0]  # exponential(initial=0.5)
+
+
+def test_step01_gives_up_after_five_attempts(
+    backend: Backend, instant_retries: RetryRecorder
+) -> None:
+    """Step 1: after 5 attempts the last ConnectionError reaches the server."""
+    step = load("tutorial/step01_retry.py")
+    step.connect_to_mail_server = server = MailServer([busy()] * 5)
+    with (
+        TestClient(step.app, backend=backend) as client,
+        pytest.raises(ConnectionError, match="421"),
+    ):
+        client.post("/send-notification/foo@example.com")
+    assert server.calls == 5
+    assert instant_retries.attempts == [1, 2, 3, 4]
+    assert not Path("log.txt").exists()
+
+
+def test_step02_gives_each_attempt_its_own_deadline(
+    backend: Backend, instant_retries: RetryRecorder
+) -> None:
+    """Step 2: the connection gets the attempt's time left; TimeoutError is retried."""
+    step = load("tutorial/step02_timeout.py")
+    step.connect_to_mail_server = server = MailServer([TimeoutError("timed out")])
+    with TestClient(step.app, backend=backend) as client:
+        client.post("/send-notification/foo@example.com")
+    assert Path("log.txt").read_text() == NOTIFICATION
+    assert server.calls == 2
+    assert [type(e.exception) for e in instant_retries.events] == [TimeoutError]
+    for left in server.timeouts:  # a fresh 10 s for each attempt
+        assert left is not None
+        assert 9 < left <= 10
+
+
+def test_step03_logs_each_notification(
+    backend: Backend,
+    instant_retries: RetryRecorder,
+    records: list[logging.LogRecord],
+) -> None:
+    """Step 3: start, the retry and success are logged, without the address."""
+    step = load("tutorial/step03_logged.py")
+    step.connect_to_mail_server = MailServer([busy()])
+    with TestClient(step.app, backend=backend) as client:
+        client.post("/send-notification/foo@example.com")
+    messages = [(r.levelname, r.getMessage()) for r in records]
+    assert [level for level, _ in messages] == ["INFO", "WARNING", "INFO"]
+    assert messages[0][1] == "write_notification started"
+    assert messages[1][1].startswith(
+        "bgtasks.retry: write_notification attempt 1 failed (ConnectionError: 421"
+    )
+    assert re.fullmatch(r"write_notification succeeded in \d+\.\d{3} s", messages[2][1])
+    assert not any("foo@example.com" in message for _, message in messages)
+
+
+LOGGERS = ("bgtasks", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """Undo what a dictConfig does to the loggers it names."""
+    saved = {
+        name: (logger.handlers[:], logger.level, logger.propagate, logger.disabled)
+        for name in LOGGERS
+        for logger in [logging.getLogger(name)]
+    }
+    yield
+    for name, (handlers, level, propagate, disabled) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.level, logger.propagate, logger.disabled = level, propagate, disabled
+
+
+def test_step03_log_config_shows_task_records_under_uvicorn(
+    restored_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Step 3's log_config.json keeps uvicorn's loggers and prints bgtasks' INFO."""
+    config = json.loads((DOCS_SRC / "tutorial" / "log_config.json").read_text())
+    logging.config.dictConfig(config)
+    step = load("tutorial/step03_logged.py")
+    step.connect_to_mail_server = MailServer()
+    step.write_notification("foo@example.com", message="hi")
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    err = capsys.readouterr().err
+    assert "INFO     write_notification started" in err
+    assert "INFO     write_notification succeeded in" in err
+    assert "INFO:     Application startup complete." in err
+
+
+def test_step04_sends_a_repeated_notification_once(
+    backend: Backend, idempotency_store: object
+) -> None:
+    """Step 4: a client retry of the same request does not notify twice."""
+    step = load("tutorial/step04_idempotent.py")
+    step.connect_to_mail_server = server = MailServer()
+    with TestClient(step.app, backend=backend) as client:
+        client.post("/send-notification/foo@example.com")
+        client.post("/send-notification/foo@example.com")  # the client retried
+        assert server.calls == 1
+        client.post("/send-notification/bar@example.com")  # someone else
+    assert server.calls == 2
+
+
+def test_step04_runs_again_after_a_failure(
+    backend: Backend, instant_retries: RetryRecorder, idempotency_store: object
+) -> None:
+    """Step 4: a notification that finally failed is not recorded as sent."""
+    step = load("tutorial/step04_idempotent.py")
+    step.connect_to_mail_server = server = MailServer([busy()] * 5)
+    with TestClient(step.app, backend=backend) as client:
+        with pytest.raises(ConnectionError):
+            client.post("/send-notification/foo@example.com")
+        client.post("/send-notification/foo@example.com")
+    assert server.calls == 6
+    assert Path("log.txt").read_text() == NOTIFICATION
+
+
+def test_step05_returns_a_status_url_that_answers(
+    backend: Backend, idempotency_store: object
+) -> None:
+    """Step 5: the 202 names the task, and its status URL says it succeeded."""
+    step = load("tutorial/step05_tracking.py")
+    step.connect_to_mail_server = MailServer()
+    with TestClient(step.app, backend=backend) as client:
+        response = client.post("/send-notification/foo@example.com")
+        assert response.status_code == 202
+        body = response.json()
+        assert body["status_url"] == f"/tasks/{body['task_id']}"
+        status = client.get(body["status_url"])
+    assert status.status_code == 200
+    assert status.json()["state"] == "succeeded"
+    assert status.json()["name"] == "write_notification"
+    assert Path("log.txt").read_text() == NOTIFICATION
+
+
+def test_step05_records_a_failure_instead_of_raising(
+    backend: Backend, instant_retries: RetryRecorder, idempotency_store: object
+) -> None:
+    """Step 5: a notification that gave up is FAILED, by its type only."""
+    step = load("tutorial/step05_tracking.py")
+    step.connect_to_mail_server = MailServer([busy()] * 5)
+    with TestClient(step.app, backend=backend) as client:
+        body = client.post("/send-notification/foo@example.com").json()
+        status = client.get(body["status_url"]).json()
+    assert status["state"] == "failed"
+    assert status["error"] == {"type": "ConnectionError", "message": None}
+    assert status["attempt"] == 5
+
+
+class Held:
+    """Holds the task's thread at one call of the fake mail server until released."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, number: int) -> None:
+        if number == self.at:
+            self.reached.set()
+            assert self.release.wait(5), "the test never released the task"
+
+
+def finished(manager: TaskManager, task_id: str) -> threading.Event:
+    """An event set when the task reaches a final state."""
+    done = threading.Event()
+
+    def on_event(event: TaskEvent) -> None:
+        if event.task_id == task_id and event.new_state.is_finished:
+            done.set()
+
+    manager.subscribe(on_event)
+    return done
+
+
+def start_broadcast(
+    client: TestClient, step: ModuleType
+) -> tuple[str, threading.Event]:
+    """POST /notify-subscribers; the task's id and its 'finished' event."""
+    response = client.post("/notify-subscribers", params={"message": "new post"})
+    assert response.status_code == 202
+    task_id: str = response.json()["task_id"]
+    return task_id, finished(step.manager, task_id)
+
+
+def test_step06_reports_progress_while_it_runs(
+    backend: Backend, idempotency_store: object
+) -> None:
+    """Step 6: the status URL shows the broadcast's progress while it runs."""
+    step = load("tutorial/step06_progress.py")
+    held = Held(at=3)
+    step.connect_to_mail_server = server = MailServer(on_call=held)
+    with TestClient(step.app, backend=backend) as client:
+        task_id, done = start_broadcast(client, step)
+        assert held.reached.wait(5)
+        running = client.get(f"/tasks/{task_id}").json()
+        held.release.set()
+        assert done.wait(5)
+        final = client.get(f"/tasks/{task_id}").json()
+    assert (running["state"], running["progress"], running["message"]) == (
+        "running",
+        0.02,
+        "2 sent",
+    )
+    assert (final["state"], final["progress"], final["message"]) == (
+        "succeeded",
+        1.0,
+        "100 sent",
+    )
+    assert final["result"] == {"sent": 100}
+    assert server.calls == 100
+
+
+def test_step07_cancels_a_broadcast_with_delete(
+    backend: Backend, idempotency_store: object
+) -> None:
+    """Step 7: DELETE stops the broadcast at its next checkpoint()."""
+    step = load("tutorial/step07_cancel.py")
+    held = Held(at=3)
+    step.connect_to_mail_server = server = MailServer(on_call=held)
+    with TestClient(step.app, backend=backend) as client:
+        task_id, done = start_broadcast(client, step)
+        assert held.reached.wait(5)
+        cancelled = client.delete(f"/tasks/{task_id}")
+        held.release.set()
+        assert done.wait(5)
+        final = client.get(f"/tasks/{task_id}").json()
+        again = client.delete(f"/tasks/{task_id}")
+    assert cancelled.status_code == 202
+    assert cancelled.json()["cancel_requested"] is True
+    assert (final["state"], final["message"]) == ("cancelled", "2 sent")
+    assert server.calls == 3  # the third email was stopped before it was written
+    assert again.status_code == 409
+    assert again.json() == {"detail": "task already finished", "state": "cancelled"}
+
+
+def test_step08_shutdown_waits_for_a_running_broadcast(
+    backend: Backend, idempotency_store: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 8: a broadcast still running at shutdown finishes within the drain."""
+    monkeypatch.setenv("DRAIN_TIMEOUT", "5")
+    step = load("tutorial/step08_shutdown.py")
+
+    def until_shutdown(number: int) -> None:
+        if number == 1:
+            wait_until(lambda: not step.manager.running, "the shutdown")
+
+    step.connect_to_mail_server = server = MailServer(on_call=until_shutdown)
+    with TestClient(step.app, backend=backend) as client:
+        task_id, _ = start_broadcast(client, step)
+    info = step.manager.get(task_id)
+    assert info is not None
+    assert info.state is TaskState.SUCCEEDED
+    assert server.calls == 100
+
+
+def test_step08_shutdown_cancels_what_outlasts_the_drain(
+    backend: Backend, idempotency_store: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 8: past DRAIN_TIMEOUT the broadcast is cancelled; nothing stays RUNNING."""
+    monkeypatch.setenv("DRAIN_TIMEOUT", "0.05")
+    step = load("tutorial/step08_shutdown.py")
+
+    def until_cancelled(number: int) -> None:
+        if number == 2:
+            task = current_task()
+            wait_until(lambda: task.cancel_requested, "the cancellation")
+
+    step.connect_to_mail_server = server = MailServer(on_call=until_cancelled)
+    with TestClient(step.app, backend=backend) as client:
+        task_id, _ = start_broadcast(client, step)
+    info = step.manager.get(task_id)
+    assert info is not None
+    assert (info.state, info.message) == (TaskState.CANCELLED, "1 sent")
+    assert server.calls == 2
+    assert step.manager.list(state=TaskState.RUNNING) == []
+
+
+# Step 9 is a test module of its own: its tests run here, with the plugin's fixtures.
+sys.path.insert(0, str(ROOT))
+_step09: Any = importlib.import_module("docs_src.tutorial.test_step09")
+globals().update(
+    {name: getattr(_step09, name) for name in dir(_step09) if name.startswith("test_")}
+)
