@@ -21,7 +21,7 @@ app = FastAPI(lifespan=lifespan(manager))
 app.include_router(task_router(manager))
 
 
-SUBSCRIBERS = [f"reader{number}@example.com" for number in range(1, 101)]
+SUBSCRIBERS = [f"reader{number}@example.com" for number in range(1, 21)]
 
 
 def connect_to_mail_server(timeout: float | None):
