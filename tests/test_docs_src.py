@@ -14,6 +14,7 @@ import json
 import logging
 import logging.config
 import re
+import smtplib
 import sys
 import threading
 import time
@@ -21,8 +22,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import anyio
+import anyio.to_thread
+import fastapi
+import httpx
 import pytest
 
 from bgtasks import TaskEvent, TaskManager, TaskState, current_task
@@ -411,6 +416,300 @@ def test_step08_shutdown_cancels_what_outlasts_the_drain(
     assert (info.state, info.message) == (TaskState.CANCELLED, "1 sent")
     assert server.calls == 2
     assert step.manager.list(state=TaskState.RUNNING) == []
+
+
+# --- Recipes ------------------------------------------------------------------
+
+
+def test_email_retries_a_4xx_answer_and_sends_once(
+    backend: Backend, instant_retries: RetryRecorder, idempotency_store: object
+) -> None:
+    """Email: a 421 is retried; signing up twice sends one welcome email."""
+    recipe = load("recipes/email.py")
+    real_send = recipe.smtp_send
+    answers = [smtplib.SMTPResponseException(421, b"try again later")]
+
+    async def flaky_send(to: str, subject: str) -> None:
+        if answers:
+            raise answers.pop()
+        await real_send(to, subject)
+
+    recipe.smtp_send = flaky_send
+    with TestClient(recipe.app, backend=backend) as client:
+        first = client.post("/users", json={"email": "ada@example.com"}).json()
+        again = client.post("/users", json={"email": "ada@example.com"}).json()
+        status = client.get(first["welcome_email"]).json()
+    assert first["user_id"] == again["user_id"] == 1
+    assert recipe.outbox == [("ada@example.com", "Welcome aboard!")]
+    assert instant_retries.attempts == [1]
+    assert status["state"] == "succeeded"
+
+
+def test_email_does_not_retry_a_5xx_answer(
+    backend: Backend, instant_retries: RetryRecorder, idempotency_store: object
+) -> None:
+    """Email: a 550 will not change, so it fails at once, by type only."""
+    recipe = load("recipes/email.py")
+
+    async def refused(to: str, subject: str) -> None:
+        raise smtplib.SMTPResponseException(550, b"no such user")
+
+    recipe.smtp_send = refused
+    with TestClient(recipe.app, backend=backend) as client:
+        created = client.post("/users", json={"email": "nobody@example.com"}).json()
+        status = client.get(created["welcome_email"]).json()
+    assert status["state"] == "failed"
+    assert status["error"] == {"type": "SMTPResponseException", "message": None}
+    assert instant_retries.attempts == []
+
+
+def test_email_idempotency_key_header_dedupes_client_retries(
+    backend: Backend, idempotency_store: object
+) -> None:
+    """Email: the same Idempotency-Key sends once; a new key sends again."""
+    recipe = load("recipes/email.py")
+    with TestClient(recipe.app, backend=backend) as client:
+        for key in ["key-0001-aaaa", "key-0001-aaaa", "key-0002-bbbb"]:
+            response = client.post(
+                "/password-resets",
+                params={"email": "ada@example.com"},
+                headers={"Idempotency-Key": key},
+            )
+            assert response.status_code == 202
+        missing = client.post("/password-resets", params={"email": "ada@example.com"})
+    assert recipe.outbox == [("ada@example.com", "Reset your password")] * 2
+    assert missing.status_code == 422
+
+
+def test_uploads_make_thumbnails_with_progress(backend: Backend) -> None:
+    """Uploads: the upload is stored, thumbnails made, progress reaches 1.0."""
+    recipe = load("recipes/uploads.py")
+    with TestClient(recipe.app, backend=backend) as client:
+        response = client.post(
+            "/images", files={"file": ("cat.png", b"\x89PNG" * 100, "image/png")}
+        )
+        assert response.status_code == 202
+        body = response.json()
+    info = recipe.manager.list()[0]
+    assert body["status_url"] == f"/tasks/{info.id}"
+    assert (info.state, info.progress, info.message) == (
+        TaskState.SUCCEEDED,
+        1.0,
+        "large done",
+    )
+    assert info.result == {
+        name: f"/images/{body['image_id']}/{name}"
+        for name in ("small", "medium", "large")
+    }
+    assert len(recipe.images[f"{body['image_id']}/small"]) == 15
+
+
+def test_uploads_refuse_what_is_not_an_image(backend: Backend) -> None:
+    """Uploads: a non-image is a 415 and starts no task."""
+    recipe = load("recipes/uploads.py")
+    with TestClient(recipe.app, backend=backend) as client:
+        response = client.post(
+            "/images", files={"file": ("notes.txt", b"hello", "text/plain")}
+        )
+    assert response.status_code == 415
+    assert recipe.manager.list() == []
+
+
+@pytest.mark.anyio
+async def test_reports_client_polls_until_done() -> None:
+    """Reports: the client's wait_for polls the status URL to the result."""
+    recipe = load("recipes/reports.py")
+    transport = httpx.ASGITransport(app=recipe.app)
+    async with (
+        recipe.app.router.lifespan_context(recipe.app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        created = await client.post("/reports", params={"user_id": 2, "year": 2025})
+        assert created.status_code == 202
+        status = await recipe.wait_for(client, created.json()["status_url"], limit=5)
+    assert status["state"] == "succeeded"
+    assert status["result"] == {"user_id": 2, "year": 2025, "total": 156}
+    assert (status["progress"], status["message"]) == (1.0, "2025-12")
+
+
+def test_notifications_handle_a_redelivered_event_once(
+    backend: Backend, idempotency_store: object
+) -> None:
+    """Notifications: a webhook delivered twice notifies once per channel."""
+    recipe = load("recipes/notifications.py")
+    event = {"id": "evt_1", "user_id": 7, "text": "new comment"}
+    with TestClient(recipe.app, backend=backend) as client:
+        assert client.post("/webhooks/comments", json=event).status_code == 200
+        assert client.post("/webhooks/comments", json=event).status_code == 200
+    assert recipe.sent == [("push", 7), ("email", 7)]
+
+
+def test_notifications_a_failing_channel_does_not_stop_the_others(
+    backend: Backend, instant_retries: RetryRecorder, idempotency_store: object
+) -> None:
+    """Notifications: push gives up; the email, queued after it, still goes."""
+    recipe = load("recipes/notifications.py")
+
+    async def push_down(user_id: int, text: str) -> None:
+        raise ConnectionError("push service unavailable")
+
+    recipe.push_to_devices = push_down
+    with TestClient(recipe.app, backend=backend) as client:
+        client.post("/webhooks/comments", json={"id": "e", "user_id": 7, "text": "x"})
+    states = {info.name: info.state for info in recipe.manager.list()}
+    assert states == {"send_push": TaskState.FAILED, "send_email": TaskState.SUCCEEDED}
+    assert recipe.sent == [("email", 7)]
+
+
+def test_database_opens_a_fresh_session_per_attempt(
+    backend: Backend, instant_retries: RetryRecorder
+) -> None:
+    """Database: a dropped connection is retried on a new session, and counted."""
+    recipe = load("recipes/database.py")
+    recipe.database.drop_next_connection = True
+    with TestClient(recipe.app, backend=backend) as client:
+        status_url = client.post("/items/3/views").json()["status_url"]
+        status = client.get(status_url).json()
+    assert (status["state"], status["attempt"]) == ("succeeded", 2)
+    assert recipe.database.views == {3: 1}
+    assert next(recipe.database.sessions) == 3  # two sessions were opened
+
+
+def test_database_reusing_one_session_cannot_recover() -> None:
+    """Database: a retry on the session of a dropped connection fails again."""
+    recipe = load("recipes/database.py")
+    recipe.database.drop_next_connection = True
+
+    async def use(session: Any) -> str:
+        try:
+            await session.add_view(3)
+        except (ConnectionError, RuntimeError) as error:
+            return type(error).__name__
+        return "ok"
+
+    async def same_session_twice() -> list[str]:
+        async with recipe.database.session() as session:
+            return [await use(session), await use(session)]
+
+    assert anyio.run(same_session_twice) == ["ConnectionError", "RuntimeError"]
+
+
+FASTAPI = tuple(int(part) for part in fastapi.__version__.split(".")[:2])
+
+
+@pytest.fixture
+def pitfall() -> Iterator[tuple[ModuleType, list[bool]]]:
+    """The pitfall app, fresh, and whether its session was closed at each use."""
+    sys.path.insert(0, str(ROOT))
+    module: Any = importlib.reload(
+        importlib.import_module("docs_src.recipes.database_pitfall")
+    )
+    closed_when_used: list[bool] = []
+    real = module.Session.add_view
+
+    async def add_view(self: Any, item_id: int) -> None:
+        closed_when_used.append(self.closed)
+        await real(self, item_id)
+
+    module.Session.add_view = add_view
+    yield module, closed_when_used
+    module.Session.add_view = real
+
+
+def test_database_pitfall_request_session_in_add_task(
+    backend: Backend, pitfall: tuple[ModuleType, list[bool]]
+) -> None:
+    """Pitfall: whether add_task sees the request's session open depends on FastAPI.
+
+    0.106 to 0.117 close `yield` dependencies before the response is sent, so
+    before its background tasks; 0.118 and later (and before 0.106) close them
+    after the response, background tasks included.
+    """
+    module, closed_when_used = pitfall
+    with TestClient(module.app, backend=backend, raise_server_exceptions=False) as c:
+        assert c.post("/items/1/views").status_code == 200
+    closed_first = (0, 106) <= FASTAPI < (0, 118)
+    assert closed_when_used == [closed_first]
+    assert module.database.views == ({} if closed_first else {1: 1})
+
+
+@pytest.mark.skipif(FASTAPI < (0, 121), reason="Depends(scope=) is FastAPI 0.121+")
+def test_database_pitfall_function_scope_closes_before_the_task(
+    backend: Backend, pitfall: tuple[ModuleType, list[bool]]
+) -> None:
+    """Pitfall: with Depends(scope="function") the session is closed for the task."""
+    module, closed_when_used = pitfall
+    route = next(
+        r for r in module.app.routes if getattr(r, "path", "").endswith("/views")
+    )
+    dependency = route.dependant.dependencies[0]
+    assert dependency.call is module.get_session
+    app = fastapi.FastAPI(lifespan=module.lifespan(module.manager))
+
+    @app.post("/items/{item_id}/views")
+    async def view_item(
+        item_id: int,
+        session: Annotated[Any, fastapi.Depends(module.get_session, scope="function")],
+        background_tasks: fastapi.BackgroundTasks,
+    ) -> dict[str, bool]:
+        background_tasks.add_task(module.count_view, session, item_id)
+        return {"queued": True}
+
+    with TestClient(app, backend=backend, raise_server_exceptions=False) as client:
+        assert client.post("/items/1/views").status_code == 200
+    assert closed_when_used == [True]
+    assert module.database.views == {}
+
+
+def test_database_pitfall_spawned_task_outlives_the_session(
+    backend: Backend, pitfall: tuple[ModuleType, list[bool]]
+) -> None:
+    """Pitfall: a spawned task that runs after the request finds its session closed."""
+    module, closed_when_used = pitfall
+    release = threading.Event()
+    real = module.count_view
+
+    async def later(session: Any, item_id: int) -> None:
+        await anyio.to_thread.run_sync(release.wait, 5)  # the request ends meanwhile
+        await real(session, item_id)
+
+    module.count_view = later
+    with TestClient(module.app, backend=backend) as client:
+        assert client.post("/items/1/views-later").status_code == 200
+        release.set()
+    info = module.manager.list()[0]
+    assert closed_when_used == [True]
+    assert info.state is TaskState.FAILED
+    assert info.error is not None
+    assert info.error.type == "RuntimeError"
+
+
+def test_long_jobs_one_export_per_user_at_a_time(backend: Backend) -> None:
+    """Long jobs: a second export of the same account is a 409 while one runs."""
+    recipe = load("recipes/long_jobs.py")
+    release = threading.Event()
+    real = recipe.export_rows
+
+    async def held(user_id: int, batch: int) -> int:
+        if batch == 0:
+            await anyio.to_thread.run_sync(release.wait, 5)
+        return int(await real(user_id, batch))
+
+    recipe.export_rows = held
+    with TestClient(recipe.app, backend=backend) as client:
+        first = client.post("/users/1/export")
+        second = client.post("/users/1/export")
+        other = client.post("/users/2/export")
+        third = client.post("/users/3/export")
+        queued = client.get(third.json()["status_url"]).json()
+        release.set()
+    assert (first.status_code, second.status_code, other.status_code) == (202, 409, 202)
+    assert first.json() == {"status_url": "/tasks/export-1"}
+    assert queued["state"] == "pending"  # max_concurrency=2: it waited its turn
+    export = recipe.manager.get("export-1")
+    assert export is not None
+    assert export.result == {"rows": 10000, "file": "/exports/1.csv"}
+    assert {info.state for info in recipe.manager.list()} == {TaskState.SUCCEEDED}
 
 
 # Step 9 is a test module of its own: its tests run here, with the plugin's fixtures.
