@@ -717,6 +717,60 @@ def test_long_jobs_one_export_per_user_at_a_time(backend: Backend) -> None:
     assert {info.state for info in recipe.manager.list()} == {TaskState.SUCCEEDED}
 
 
+# --- The pages that include these files ------------------------------------------
+
+PAGES = ROOT / "docs"
+SNIPPET = re.compile(r'^--8<-- "(?P<path>[^"]+)"$')
+FENCE = re.compile(r"^```(?P<info>\S.*)?$")
+
+
+def included_files() -> set[str]:
+    """Every docs_src file a page includes with ``--8<--``, relative to the root."""
+    return {
+        m.group("path")
+        for page in PAGES.rglob("*.md")
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if (m := SNIPPET.match(line)) and m.group("path").startswith("docs_src/")
+    }
+
+
+def test_every_docs_src_file_is_shown_and_tested() -> None:
+    """Each docs_src file is included by a page and exercised by this module."""
+    files = {
+        str(path.relative_to(ROOT))
+        for path in DOCS_SRC.rglob("*")
+        if path.suffix in {".py", ".json"} and path.name != "__init__.py"
+    }
+    this_module = Path(__file__).read_text(encoding="utf-8")
+    untested = {
+        path
+        for path in files
+        if path.removeprefix("docs_src/") not in this_module
+        and path.removesuffix(".py").replace("/", ".") not in this_module
+    }
+    assert included_files() - files == set(), "a page includes a missing file"
+    assert files - included_files() == set(), "a docs_src file no page shows"
+    assert untested == set()
+
+
+@pytest.mark.parametrize("folder", ["tutorial", "recipes", "coming-from"])
+def test_every_python_block_of_these_pages_runs(folder: str) -> None:
+    """A block is plain ```python (test_docs_examples runs it) or an included file.
+
+    test_docs_examples runs only blocks whose fence is exactly ```python; a
+    fence with a title or highlighted lines would be silently skipped, so
+    those must include a docs_src file, which the tests above run.
+    """
+    for page in sorted((PAGES / folder).glob("*.md")):
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            info = (m.group("info") or "") if (m := FENCE.match(line)) else ""
+            if info.startswith("{.python") or info.startswith("python "):
+                assert info.startswith("{.python"), f"{page}:{number} is never run"
+                assert SNIPPET.match(lines[number]), f"{page}:{number} is never run"
+                assert lines[number + 1] == "```", f"{page}:{number} mixes code in"
+
+
 # Step 9 is a test module of its own: its tests run here, with the plugin's fixtures.
 sys.path.insert(0, str(ROOT))
 _step09: Any = importlib.import_module("docs_src.tutorial.test_step09")

@@ -7,7 +7,7 @@ from fastapi import FastAPI, File, HTTPException, UploadFile
 from bgtasks import TaskManager, checkpoint, current_task, logged, timeout
 from bgtasks.fastapi import lifespan, task_router
 
-manager = TaskManager(max_concurrency=2)  # thumbnails are CPU work: two at once
+manager = TaskManager(max_concurrency=2)  # each one holds a thread: two at a time
 app = FastAPI(lifespan=lifespan(manager))
 app.include_router(task_router(manager))
 
