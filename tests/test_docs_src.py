@@ -217,7 +217,7 @@ def test_step03_log_config_shows_task_records_under_uvicorn(
     restored_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Step 3's log_config.json keeps uvicorn's loggers and prints bgtasks' INFO."""
-    config = json.loads((DOCS_SRC / "tutorial" / "log_config.json").read_text())
+    config = json.loads((DOCS_SRC / "tutorial/log_config.json").read_text())
     logging.config.dictConfig(config)
     step = load("tutorial/step03_logged.py")
     step.connect_to_mail_server = MailServer()
