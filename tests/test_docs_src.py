@@ -40,12 +40,17 @@ with warnings.catch_warnings():
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_SRC = ROOT / "docs_src"
+if str(ROOT) not in sys.path:  # the files that import their neighbours: a package
+    sys.path.insert(0, str(ROOT))
 Backend = Literal["asyncio", "trio"]
 _fresh = itertools.count()
 
 
-def load(relative: str) -> ModuleType:
-    """Import docs_src/<relative> as a new module, as ``uvicorn module:app`` would."""
+def load(relative: str) -> Any:
+    """Import docs_src/<relative> as a new module, as ``uvicorn module:app`` would.
+
+    Typed Any: the tests replace the module's stand-ins for the outside world.
+    """
     path = DOCS_SRC / relative
     name = f"docs_src_{path.stem}_{next(_fresh)}"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -603,9 +608,8 @@ FASTAPI = tuple(int(part) for part in fastapi.__version__.split(".")[:2])
 
 
 @pytest.fixture
-def pitfall() -> Iterator[tuple[ModuleType, list[bool]]]:
+def pitfall() -> Iterator[tuple[Any, list[bool]]]:
     """The pitfall app, fresh, and whether its session was closed at each use."""
-    sys.path.insert(0, str(ROOT))
     module: Any = importlib.reload(
         importlib.import_module("docs_src.recipes.database_pitfall")
     )
@@ -622,7 +626,7 @@ def pitfall() -> Iterator[tuple[ModuleType, list[bool]]]:
 
 
 def test_database_pitfall_request_session_in_add_task(
-    backend: Backend, pitfall: tuple[ModuleType, list[bool]]
+    backend: Backend, pitfall: tuple[Any, list[bool]]
 ) -> None:
     """Pitfall: whether add_task sees the request's session open depends on FastAPI.
 
@@ -640,7 +644,7 @@ def test_database_pitfall_request_session_in_add_task(
 
 @pytest.mark.skipif(FASTAPI < (0, 121), reason="Depends(scope=) is FastAPI 0.121+")
 def test_database_pitfall_function_scope_closes_before_the_task(
-    backend: Backend, pitfall: tuple[ModuleType, list[bool]]
+    backend: Backend, pitfall: tuple[Any, list[bool]]
 ) -> None:
     """Pitfall: with Depends(scope="function") the session is closed for the task."""
     module, closed_when_used = pitfall
@@ -667,7 +671,7 @@ def test_database_pitfall_function_scope_closes_before_the_task(
 
 
 def test_database_pitfall_spawned_task_outlives_the_session(
-    backend: Backend, pitfall: tuple[ModuleType, list[bool]]
+    backend: Backend, pitfall: tuple[Any, list[bool]]
 ) -> None:
     """Pitfall: a spawned task that runs after the request finds its session closed."""
     module, closed_when_used = pitfall
@@ -772,7 +776,6 @@ def test_every_python_block_of_these_pages_runs(folder: str) -> None:
 
 
 # Step 9 is a test module of its own: its tests run here, with the plugin's fixtures.
-sys.path.insert(0, str(ROOT))
 _step09: Any = importlib.import_module("docs_src.tutorial.test_step09")
 globals().update(
     {name: getattr(_step09, name) for name in dir(_step09) if name.startswith("test_")}
