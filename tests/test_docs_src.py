@@ -529,6 +529,12 @@ def test_uploads_refuse_what_is_not_an_image(backend: Backend) -> None:
 async def test_reports_client_polls_until_done() -> None:
     """Reports: the client's wait_for polls the status URL to the result."""
     recipe = load("recipes/reports.py")
+
+    async def quick_query(user_id: int, month: int) -> int:
+        await anyio.sleep(0)
+        return user_id * month
+
+    recipe.query_month = quick_query
     transport = httpx.ASGITransport(app=recipe.app)
     async with (
         recipe.app.router.lifespan_context(recipe.app),
