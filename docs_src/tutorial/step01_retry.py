@@ -1,0 +1,27 @@
+import random
+
+from fastapi import BackgroundTasks, FastAPI
+
+from bgtasks import backoff, retry
+
+app = FastAPI()
+
+
+def connect_to_mail_server():
+    # Stands for smtplib.SMTP("mail.example.com"): busy one time in three.
+    if random.random() < 1 / 3:
+        raise ConnectionError("421 mail server busy, try again later")
+
+
+@retry(on=ConnectionError, attempts=5, backoff=backoff.exponential(initial=0.5))
+def write_notification(email: str, message=""):
+    connect_to_mail_server()
+    with open("log.txt", mode="w") as email_file:
+        content = f"notification for {email}: {message}"
+        email_file.write(content)
+
+
+@app.post("/send-notification/{email}")
+async def send_notification(email: str, background_tasks: BackgroundTasks):
+    background_tasks.add_task(write_notification, email, message="some notification")
+    return {"message": "Notification sent in the background"}
