@@ -15,6 +15,7 @@ non-awaiting sections:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -27,7 +28,15 @@ from anyio.abc import TaskGroup
 
 from ._context import running_task_var
 from ._events import Subscribers, TaskEvent
-from ._records import SYNC, Cancellable, TaskInfo, TaskRecord, TaskState, error_of
+from ._records import (
+    RESPONSE_NOT_SENT,
+    SYNC,
+    Cancellable,
+    TaskInfo,
+    TaskRecord,
+    TaskState,
+    error_of,
+)
 from ._registry import Registry, check_task_id
 from ._slots import Slots
 from ._submit import not_running, resolve
@@ -69,6 +78,9 @@ class ManagerCore:
         self._tg: TaskGroup | None = None
         self._accepting = False
         self._loop_thread: int | None = None
+        # Thread-safe, non-blocking "call soon on the manager's loop", while
+        # the manager runs (see abandon_soon).
+        self._schedule: Callable[[Callable[[], object]], object] | None = None
         self._active = 0
         self._idle: anyio.Event | None = None
         self._waiters: dict[TaskRecord, anyio.Event] = {}
@@ -301,12 +313,15 @@ class ManagerCore:
         return None
 
     def _end_pending(
-        self, record: TaskRecord, now: float, mono: float
+        self, record: TaskRecord, now: float, mono: float, reason: str | None = None
     ) -> list[TaskEvent]:
-        """Cancel a PENDING record that never ran (lock held); return its events."""
+        """Cancel a PENDING record that never ran (lock held); return its events.
+
+        ``reason``: the cancel reason its snapshot shows, if bgtasks has one.
+        """
         record.cancel_requested = True
         created = record.snapshot() if self._subscribers.async_ else None
-        event = self._end(record, TaskState.CANCELLED, None, now, mono)
+        event = self._end(record, TaskState.CANCELLED, reason, now, mono)
         if self._slots is not None:
             self._slots.forget(record)
         if event is None:
@@ -323,6 +338,36 @@ class ManagerCore:
                 return
             events = self._end_pending(record, now, mono)
         await self._subscribers.announce(events)
+
+    def abandon_soon(self, record: TaskRecord) -> None:
+        """Have the loop cancel an ``add_task`` record whose wrapper is gone.
+
+        Called by the wrapper's finalizer, so from any thread at any
+        allocation, maybe while this very thread holds the (non-reentrant)
+        lock: it never takes the lock, it only schedules ``_abandon``.
+        """
+        schedule = self._schedule
+        if schedule is None:
+            return  # closed: shutdown ended every PENDING record
+        with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+            schedule(functools.partial(self._abandon, record))
+
+    def _abandon(self, record: TaskRecord) -> None:
+        """Cancel a PENDING record no wrapper can run any more (loop thread)."""
+        now = time.time()
+        mono = self._registry.clock()
+        with self._lock:
+            if record.state is not _PENDING:
+                return  # ran, or was cancelled, before its wrapper went
+            events = self._end_pending(record, now, mono, RESPONSE_NOT_SENT)
+        subscribers = self._subscribers
+        if not events:
+            return
+        tg = self._tg
+        if subscribers.async_ and tg is not None:
+            tg.start_soon(subscribers.announce, events)
+        else:  # no async subscriber (or closing): tell the sync ones now
+            subscribers.notify_sync([e for e in events if e.old_state is not None])
 
     # -- cancelling and waiting -------------------------------------------
 

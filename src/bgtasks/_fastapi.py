@@ -4,7 +4,7 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoints'
 annotations at run time, and some name closure variables (``max_page_size``).
 """
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Optional
 
@@ -58,6 +58,10 @@ class TaskInfoModel(BaseModel):
     message: Optional[str] = Field(description="The latest progress message.")  # noqa: UP045 - see TaskErrorModel
     attempt: int = Field(ge=1, description="The attempt number under bgtasks.retry.")
     cancel_requested: bool
+    cancel_reason: Optional[str] = Field(  # noqa: UP045 - see TaskErrorModel
+        default=None,
+        description='Why bgtasks cancelled the task itself: "response not sent".',
+    )
 
 
 class TaskListModel(BaseModel):
@@ -188,12 +192,15 @@ def task_router(
 
 def tracked_tasks(
     manager: TaskManager | None = None,
-) -> Callable[[Request, BackgroundTasks], Awaitable[TrackedBackgroundTasks]]:
+) -> Callable[[Request, BackgroundTasks], AsyncIterator[TrackedBackgroundTasks]]:
     """Build a dependency that gives the request's tracked ``BackgroundTasks``.
 
     Tasks added through it, through other dependencies and through a plain
     ``BackgroundTasks`` parameter all go to the request's one
-    ``BackgroundTasks`` and run after the response, in the order added.
+    ``BackgroundTasks`` and run after the response, in the order added. If
+    the request fails instead (the endpoint raises, even an
+    ``HTTPException``; the client is gone), they never run: the tracked ones
+    end CANCELLED with ``cancel_reason="response not sent"``.
 
     Args:
         manager: the task manager; by default the one that
@@ -216,12 +223,19 @@ def tracked_tasks(
     if manager is not None:
         check_manager(manager, "tracked_tasks")
 
-    # async, so FastAPI calls it on the loop instead of a worker thread.
+    # async, so FastAPI calls it on the loop instead of a worker thread; a
+    # yield dependency, so it sees the request fail.
     async def get_tracked_tasks(
         request: Request, background_tasks: BackgroundTasks
-    ) -> TrackedBackgroundTasks:
+    ) -> AsyncIterator[TrackedBackgroundTasks]:
         found = manager_from_app(request.app) if manager is None else manager
-        return TrackedBackgroundTasks(found, background_tasks)
+        try:
+            yield TrackedBackgroundTasks(found, background_tasks)
+        except BaseException:
+            # No background task runs after a failed request: dropping them
+            # has each tracked one's finalizer end its record right away.
+            background_tasks.tasks.clear()
+            raise
 
     return get_tracked_tasks
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -141,6 +142,7 @@ class TaskManager(RequestTasks):
         self._owner = anyio.get_current_task().id
         self._loop_thread = threading.get_ident()
         self._token = anyio.lowlevel.current_token()
+        self._schedule = _loop_scheduler(self._token)
         self._library = current_library()
         with self._lock:
             self._accepting = True
@@ -188,6 +190,11 @@ class TaskManager(RequestTasks):
         with self._lock:
             self._accepting = False
             idle = self._idle = anyio.Event() if self._active else None
+        if idle is not None:
+            # An add_task wrapper that a dropped request still holds in a
+            # reference cycle can never run: collect it, so its finalizer
+            # ends its record now instead of after the whole drain.
+            gc.collect()
         interrupted: BaseException | None = None
         try:
             if idle is not None and drain > 0:
@@ -203,6 +210,7 @@ class TaskManager(RequestTasks):
         finally:
             self._tg = None
             self._loop_thread = None
+            self._schedule = None
             with anyio.CancelScope(shield=True):
                 await self._wait_idle()
             self._idle = None
@@ -394,3 +402,15 @@ class TaskManager(RequestTasks):
         return (
             f"<TaskManager {state} active={self._active} records={len(self._registry)}>"
         )
+
+
+def _loop_scheduler(
+    token: EventLoopToken,
+) -> Callable[[Callable[[], object]], object]:
+    """Return the loop's thread-safe, non-blocking "call this soon"."""
+    # anyio >= 4.11 wraps the native token: an asyncio loop or a TrioToken.
+    native: Any = getattr(token, "native_token", token)
+    return cast(
+        "Callable[[Callable[[], object]], object]",
+        getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon,
+    )

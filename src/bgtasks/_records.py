@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_ERROR_MESSAGE",
+    "RESPONSE_NOT_SENT",
     "SYNC",
     "Cancellable",
     "TaskError",
@@ -36,6 +37,9 @@ __all__ = [
 
 # Longer error messages are cut, so a finished record's size stays bounded.
 MAX_ERROR_MESSAGE = 2000
+
+# The cancel reason of an ``add_task`` task whose request never ran it.
+RESPONSE_NOT_SENT = "response not sent"
 
 _NOT_DRIVEN = (
     "a TaskRecord runs when awaited (as anyio's task handle does); it cannot "
@@ -105,6 +109,10 @@ class TaskInfo:
         message: the last progress message.
         attempt: 1, or the attempt ``bgtasks.retry`` reported.
         cancel_requested: a cancel was asked for (the task may still be running).
+        cancel_reason: why bgtasks cancelled a CANCELLED task on its own, else
+            None: ``"response not sent"`` for an ``add_task`` task whose
+            request ended without running its background tasks (the endpoint
+            raised, the response went out without them, the client was gone).
     """
 
     id: str
@@ -119,6 +127,7 @@ class TaskInfo:
     message: str | None
     attempt: int
     cancel_requested: bool
+    cancel_reason: str | None = None
 
     def to_dict(self, *, include_error_message: bool = True) -> dict[str, Any]:
         """Return a JSON-serializable dict of this snapshot.
@@ -149,6 +158,7 @@ class TaskInfo:
             "message": self.message,
             "attempt": self.attempt,
             "cancel_requested": self.cancel_requested,
+            "cancel_reason": self.cancel_reason,
         }
         try:
             json.dumps(self.result, allow_nan=False)
@@ -224,8 +234,9 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
     ``run`` holds the context captured at submission while a PENDING task
     waits to be launched (None if it is launched at once, in the submitter's
     context), then what cancels the task (its anyio task handle or cancel
-    scope), and None once finished. ``outcome`` is the result (SUCCEEDED) or
-    the TaskError (FAILED). Times are ``time.time()`` floats.
+    scope), and None once finished. ``outcome`` is the result (SUCCEEDED),
+    the TaskError (FAILED) or the cancel reason, if any (CANCELLED). Times
+    are ``time.time()`` floats.
 
     The record is itself the coroutine the manager hands to anyio's
     ``create_task``: awaiting it runs the call through its ``manager``. A
@@ -329,4 +340,5 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
             message=message,
             attempt=self.attempt,
             cancel_requested=self.cancel_requested,
+            cancel_reason=outcome if state is TaskState.CANCELLED else None,
         )

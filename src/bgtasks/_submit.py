@@ -10,7 +10,7 @@ from collections.abc import Callable
 from types import FunctionType, MethodType
 from typing import Any
 
-from ._records import SYNC, TaskRecord
+from ._records import SYNC, TaskRecord, TaskState
 from ._wrap import is_async_callable
 from .exceptions import ManagerNotRunningError
 
@@ -37,10 +37,15 @@ def tracked_wrapper(
     manager sends sync functions to a worker thread itself), and it carries the
     user function's name, qualname, module and docstring: FastAPI's spans and
     log lines name the background task by them.
+
+    If the wrapper is dropped unrun (the endpoint raised, the response went
+    out without its background tasks, the client was gone), a finalizer has
+    the manager cancel the record at once, as "response not sent".
     """
+    unrun = _Unrun(record)
 
     async def run_tracked() -> None:
-        await run(record)
+        await run(unrun.record)
 
     target = unwrap(func)
     run_tracked.__name__ = getattr(target, "__name__", record.name)
@@ -48,6 +53,25 @@ def tracked_wrapper(
     run_tracked.__module__ = getattr(target, "__module__", None) or __name__
     run_tracked.__doc__ = getattr(target, "__doc__", None)
     return run_tracked
+
+
+class _Unrun:
+    """Held only by an ``add_task`` wrapper: its finalizer ends the record unrun.
+
+    Once the wrapper is gone nothing can run the record, so a record still
+    PENDING then would stay so forever (and shutdown would wait for it).
+    """
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: TaskRecord) -> None:
+        self.record = record
+
+    def __del__(self) -> None:
+        record = self.record
+        # Read without the lock: a finalizer may run while this thread holds it.
+        if record.state is TaskState.PENDING:
+            record.manager.abandon_soon(record)
 
 
 def unwrap(func: object) -> object:

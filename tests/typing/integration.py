@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated
 
@@ -43,7 +43,8 @@ FastAPI(lifespan=lifespan(manager, own_lifespan))
 
 dependency = tracked_tasks(manager)
 assert_type(
-    dependency, Callable[[Request, BackgroundTasks], Awaitable[TrackedBackgroundTasks]]
+    dependency,
+    Callable[[Request, BackgroundTasks], AsyncIterator[TrackedBackgroundTasks]],
 )
 Tasks = Annotated[TrackedBackgroundTasks, Depends(dependency)]
 
