@@ -39,7 +39,7 @@ from ._records import (
 )
 from ._registry import Registry, check_task_id
 from ._slots import Slots
-from ._submit import not_running, resolve
+from ._submit import not_running, resolve, unwrap
 
 __all__ = ["ManagerCore"]
 
@@ -245,7 +245,7 @@ class ManagerCore:
                 )
         except Exception as exc:
             event = self._finish(record, TaskState.FAILED, error_of(exc))
-            if self._log_failures:
+            if self._log_failures and not _logs_itself(func):
                 logger.exception(
                     "Task %s (%s) failed with %s",
                     record.name,
@@ -427,6 +427,16 @@ class ManagerCore:
         """Snapshot ``record``, or None once retention dropped it."""
         with self._lock:
             return record.snapshot() if self._registry.is_stored(record) else None
+
+
+def _logs_itself(func: Callable[..., Any]) -> bool:
+    """Tell whether ``func`` is ``@logged``, which logged this failure already.
+
+    Seen through ``functools.partial`` and bound methods (whose attributes are
+    their function's); every ``@logged`` wrapper, and every wrapper stacked on
+    it with ``functools.wraps``, carries ``__bgtasks_logged__``.
+    """
+    return getattr(unwrap(func), "__bgtasks_logged__", False) is True
 
 
 def _switch(record: TaskRecord) -> Cancellable | None:
