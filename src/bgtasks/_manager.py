@@ -56,7 +56,8 @@ class TaskManager(RequestTasks):
             recording it, as plain Starlette does (which skips the request's
             remaining background tasks). Spawned tasks never re-raise.
         log_failures: log each failed task on the ``bgtasks`` logger at ERROR
-            with its traceback (never its arguments).
+            with its traceback (never its arguments), unless the task is
+            ``@logged``, which logged it already.
         clock: monotonic seconds, for retention by age; tests pass a fake.
 
     Raises:
