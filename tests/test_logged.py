@@ -39,6 +39,8 @@ class _FakeTask:
 
     def record_attempt(self, attempt: int) -> None: ...  # pragma: no cover
 
+    def record_retry_wait(self, until: float) -> None: ...  # pragma: no cover
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def backend_name(request: pytest.FixtureRequest) -> Literal["asyncio", "trio"]:

@@ -333,6 +333,8 @@ async def test_running_task_hears_each_retry_attempt(make: Any) -> None:
         def record_attempt(self, attempt: int) -> None:
             self.attempts.append(attempt)
 
+        def record_retry_wait(self, until: float) -> None: ...
+
     task = Task()
     token = running_task_var.set(task)
     try:

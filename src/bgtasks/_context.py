@@ -24,6 +24,13 @@ class RunningTask(Protocol):
         """Tell the manager that ``bgtasks.retry`` started attempt ``attempt``."""
         ...
 
+    def record_retry_wait(self, until: float) -> None:
+        """Tell the manager that ``bgtasks.retry`` waits until ``until``.
+
+        ``until`` is a ``time.time()`` timestamp: when the next attempt starts.
+        """
+        ...
+
 
 # Set by the TaskManager around the execution of each managed task.
 running_task_var: ContextVar[RunningTask | None] = ContextVar(

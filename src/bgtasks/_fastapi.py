@@ -62,6 +62,10 @@ class TaskInfoModel(BaseModel):
         default=None,
         description='Why bgtasks cancelled the task itself: "response not sent".',
     )
+    next_attempt_at: Optional[datetime] = Field(  # noqa: UP045 - see TaskErrorModel
+        default=None,
+        description="While bgtasks.retry waits between attempts: when the next starts.",
+    )
 
 
 class TaskListModel(BaseModel):

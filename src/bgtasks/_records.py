@@ -113,6 +113,8 @@ class TaskInfo:
             None: ``"response not sent"`` for an ``add_task`` task whose
             request ended without running its background tasks (the endpoint
             raised, the response went out without them, the client was gone).
+        next_attempt_at: while ``bgtasks.retry`` waits between attempts, when
+            the next one starts (timezone-aware UTC); else None.
     """
 
     id: str
@@ -128,6 +130,7 @@ class TaskInfo:
     attempt: int
     cancel_requested: bool
     cancel_reason: str | None = None
+    next_attempt_at: datetime | None = None
 
     def to_dict(self, *, include_error_message: bool = True) -> dict[str, Any]:
         """Return a JSON-serializable dict of this snapshot.
@@ -159,6 +162,7 @@ class TaskInfo:
             "attempt": self.attempt,
             "cancel_requested": self.cancel_requested,
             "cancel_reason": self.cancel_reason,
+            "next_attempt_at": _iso(self.next_attempt_at),
         }
         try:
             json.dumps(self.result, allow_nan=False)
@@ -261,6 +265,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         "outcome",
         "owner",
         "progress",
+        "retry_at",
         "run",
         "started",
         "state",
@@ -288,6 +293,8 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         # (fraction, message): one tuple, so a worker thread swaps both at once.
         self.progress: tuple[float, str | None] | None = None
         self.attempt = 1
+        # When retry's next attempt starts, while it waits (time.time()).
+        self.retry_at: float | None = None
         self.cancel_requested = False
         self.func: Callable[..., Any] | None = func
         self.args: tuple[Any, ...] = args
@@ -317,12 +324,22 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         """Record the attempt ``bgtasks.retry`` is starting (RunningTask API)."""
         if not self.state.is_finished:
             self.attempt = attempt
+            self.retry_at = None
+
+    def record_retry_wait(self, until: float) -> None:
+        """Record that ``bgtasks.retry`` waits until ``until`` (RunningTask API).
+
+        ``until`` is a ``time.time()`` timestamp: when the next attempt starts.
+        """
+        if not self.state.is_finished:
+            self.retry_at = until
 
     def snapshot(self) -> TaskInfo:
         """Build the immutable view; call it with the manager's lock held."""
         state = self.state
         outcome = self.outcome
         progress, message = self.progress or (None, None)
+        retry_at = self.retry_at
         return TaskInfo(
             id=self.id,
             name=self.name,
@@ -341,4 +358,8 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
             attempt=self.attempt,
             cancel_requested=self.cancel_requested,
             cancel_reason=outcome if state is TaskState.CANCELLED else None,
+            # A finished task waits for nothing (retry may not have cleared it).
+            next_attempt_at=None
+            if retry_at is None or state.is_finished
+            else datetime.fromtimestamp(retry_at, timezone.utc),
         )
