@@ -344,16 +344,19 @@ class ManagerCore:
 
         Called by the wrapper's finalizer, so from any thread at any
         allocation, maybe while this very thread holds the (non-reentrant)
-        lock: it never takes the lock, it only schedules ``_abandon``.
+        lock: it never takes the lock, it only schedules ``abandon``.
         """
         schedule = self._schedule
         if schedule is None:
             return  # closed: shutdown ended every PENDING record
         with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
-            schedule(functools.partial(self._abandon, record))
+            schedule(functools.partial(self.abandon, record))
 
-    def _abandon(self, record: TaskRecord) -> None:
-        """Cancel a PENDING record no wrapper can run any more (loop thread)."""
+    def abandon(self, record: TaskRecord) -> None:
+        """Cancel a PENDING record whose wrapper will never run (loop thread).
+
+        Package-internal: the FastAPI dependency calls it for a failed request.
+        """
         now = time.time()
         mono = self._registry.clock()
         with self._lock:

@@ -17,6 +17,7 @@ from ._lifespan import manager_from_app
 from ._manager import TaskManager
 from ._records import TaskState
 from ._routes import check_manager
+from ._submit import unsent
 from ._tracked import TrackedBackgroundTasks
 
 __all__ = [
@@ -236,9 +237,10 @@ def tracked_tasks(
         try:
             yield TrackedBackgroundTasks(found, background_tasks)
         except BaseException:
-            # No background task runs after a failed request: dropping them
-            # has each tracked one's finalizer end its record right away.
-            background_tasks.tasks.clear()
+            # No background task runs after a failed request: end the tracked
+            # ones now, before the error response goes out.
+            for record in unsent(background_tasks):
+                record.manager.abandon(record)
             raise
 
     return get_tracked_tasks

@@ -8,11 +8,14 @@ import inspect
 import weakref
 from collections.abc import Callable
 from types import FunctionType, MethodType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._records import SYNC, TaskRecord, TaskState
 from ._wrap import is_async_callable
 from .exceptions import ManagerNotRunningError
+
+if TYPE_CHECKING:
+    from starlette.background import BackgroundTasks
 
 __all__ = [
     "capture",
@@ -21,6 +24,7 @@ __all__ = [
     "not_running",
     "resolve",
     "tracked_wrapper",
+    "unsent",
     "unwrap",
 ]
 
@@ -31,28 +35,39 @@ _CO_COROUTINE = inspect.CO_COROUTINE
 def tracked_wrapper(
     run: Callable[[TaskRecord], Any], record: TaskRecord, func: Callable[..., Any]
 ) -> Callable[[], Any]:
-    """Return the ``async def`` that ``add_task`` hands to ``BackgroundTasks``.
+    """Return the wrapper that ``add_task`` hands to ``BackgroundTasks``.
 
-    It is always a coroutine function, so Starlette awaits it on the loop (the
-    manager sends sync functions to a worker thread itself), and it carries the
-    user function's name, qualname, module and docstring: FastAPI's spans and
-    log lines name the background task by them.
+    Calling it returns a coroutine, so Starlette awaits it on the loop (the
+    manager sends sync functions to a worker thread itself), and it carries
+    the user function's name, qualname, module and docstring: FastAPI's spans
+    and log lines name the background task by them.
 
     If the wrapper is dropped unrun (the endpoint raised, the response went
     out without its background tasks, the client was gone), a finalizer has
     the manager cancel the record at once, as "response not sent".
     """
-    unrun = _Unrun(record)
-
-    async def run_tracked() -> None:
-        await run(unrun.record)
-
+    # A partial, not a closure, so unsent() can recognise it in a request's tasks.
+    wrapper = functools.partial(_run_tracked, run, _Unrun(record))
     target = unwrap(func)
-    run_tracked.__name__ = getattr(target, "__name__", record.name)
-    run_tracked.__qualname__ = record.name
-    run_tracked.__module__ = getattr(target, "__module__", None) or __name__
-    run_tracked.__doc__ = getattr(target, "__doc__", None)
-    return run_tracked
+    wrapper.__name__ = getattr(target, "__name__", record.name)  # type: ignore[attr-defined]
+    wrapper.__qualname__ = record.name  # type: ignore[attr-defined]
+    wrapper.__module__ = getattr(target, "__module__", None) or __name__
+    wrapper.__doc__ = getattr(target, "__doc__", None)
+    return wrapper
+
+
+async def _run_tracked(run: Callable[[TaskRecord], Any], unrun: _Unrun) -> None:
+    await run(unrun.record)
+
+
+def unsent(background_tasks: BackgroundTasks) -> list[TaskRecord]:
+    """Return the records of the ``add_task`` wrappers in ``background_tasks``."""
+    found: list[TaskRecord] = []
+    for task in background_tasks.tasks:
+        func = task.func
+        if isinstance(func, functools.partial) and func.func is _run_tracked:
+            found.append(func.args[1].record)
+    return found
 
 
 class _Unrun:
