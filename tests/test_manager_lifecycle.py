@@ -182,22 +182,30 @@ async def test_random_ids_are_unguessable_and_unique() -> None:
 
 
 async def test_given_id_rules() -> None:
-    """``_task_id`` is validated, refused while active, reusable once finished."""
+    """A given id is validated, refused while active, reusable once finished."""
     async with TaskManager() as manager:
         gate = anyio.Event()
-        first = manager.spawn(gate.wait, _task_id="nightly-report_1")
+        first = manager.spawn_with_id("nightly-report_1", gate.wait)
         assert first.id == "nightly-report_1"
         with pytest.raises(TaskAlreadyExistsError, match="nightly-report_1"):
-            manager.spawn(double, 1, _task_id="nightly-report_1")
+            manager.spawn_with_id("nightly-report_1", double, 1)
         gate.set()
         await first.wait(timeout=5)
-        second = manager.spawn(double, 1, _task_id="nightly-report_1")
+        second = manager.spawn_with_id("nightly-report_1", double, 1)
         assert (await second.wait(timeout=5)).result == 2
         assert first.info() is None  # replaced: the old handle sees nothing
         for bad in ["", "a/b", "x" * 129, "é", 7]:
             with pytest.raises(ValueError, match="_task_id"):
-                manager.spawn(double, 1, _task_id=bad)  # type: ignore[arg-type]
+                manager.spawn_with_id(bad, double, 1)  # type: ignore[call-overload]
         assert [second.id] == [i.id for i in manager.list()]
+
+
+async def test_task_id_keyword_still_works() -> None:
+    """``_task_id=``, untyped now, still names the task and is not passed on."""
+    async with TaskManager() as manager:
+        handle = manager.spawn(double, 4, _task_id="legacy-1")  # type: ignore[call-arg]
+        info = await handle.wait(timeout=5)
+    assert (info.id, info.result) == ("legacy-1", 8)
 
 
 async def test_get_list_and_limits() -> None:
@@ -277,7 +285,7 @@ async def test_submitting_what_cannot_run_is_refused() -> None:
 
     async with TaskManager() as manager:
         with pytest.raises(TypeError, match="needs a function"):
-            manager.spawn(42)  # type: ignore[arg-type]
+            manager.spawn(42)  # type: ignore[call-overload]
         with pytest.raises(TypeError, match="generator"):
             manager.spawn(gen)
         with pytest.raises(TypeError, match="generator"):

@@ -102,7 +102,7 @@ async def test_reused_ids_do_not_leak_queue_entries() -> None:
     async with TaskManager(max_finished=10_000) as manager:
         await manager.spawn(noop).wait(timeout=5)  # stays at the front
         for _ in range(500):
-            await manager.spawn(noop, _task_id="same").wait(timeout=5)
+            await manager.spawn_with_id("same", noop).wait(timeout=5)
         registry = manager._registry
         assert len(registry) == 2
         assert len(registry._finished) <= 2 * 2 + 64 + 1
@@ -119,7 +119,7 @@ async def test_finish_times_follow_their_records_when_reused_ids_are_dropped() -
         early = await manager.spawn(noop).wait(timeout=5)  # at 1300
         for _ in range(200):  # enough replaced entries to rebuild the queue
             clock.now += 1
-            await manager.spawn(noop, _task_id="same").wait(timeout=5)  # to 1500
+            await manager.spawn_with_id("same", noop).wait(timeout=5)  # to 1500
         clock.now += 30
         late = await manager.spawn(noop).wait(timeout=5)  # at 1530
         clock.now = 1549  # ``early`` is 249 s old: kept, to the second

@@ -178,11 +178,11 @@ def test_add_task_checks_its_arguments() -> None:
     """The BackgroundTasks comes first; bad ids and a stopped manager are refused."""
     manager = TaskManager()
     with pytest.raises(TypeError, match="BackgroundTasks first"):
-        manager.add_task(send_welcome, BackgroundTasks())  # type: ignore[arg-type]
+        manager.add_task(send_welcome, BackgroundTasks())  # type: ignore[call-overload]
     with pytest.raises(ManagerNotRunningError):
         manager.add_task(BackgroundTasks(), send_welcome, "x")
     with pytest.raises(ValueError, match="_task_id must be"):
-        manager.add_task(BackgroundTasks(), send_welcome, "x", _task_id="a b")
+        manager.add_task_with_id(BackgroundTasks(), "a b", send_welcome, "x")
 
 
 @pytest.mark.anyio

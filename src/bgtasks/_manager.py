@@ -6,15 +6,15 @@ import builtins
 import gc
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import anyio
 import anyio.lowlevel
 from starlette.background import BackgroundTasks
-from typing_extensions import Self
+from typing_extensions import ParamSpec, Self
 
 from ._events import Subscriber
 from ._external import RequestTasks
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
 
 __all__ = ["TaskContext", "TaskManager", "current_task"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class TaskManager(RequestTasks):
@@ -227,34 +230,42 @@ class TaskManager(RequestTasks):
 
     # -- submission ---------------------------------------------------------
 
+    @overload
     def spawn(
         self,
-        func: Callable[..., Any],
+        func: Callable[P, Coroutine[Any, Any, T]],
         /,
-        *args: Any,
-        _task_id: str | None = None,
-        **kwargs: Any,
-    ) -> TaskHandle:
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def spawn(
+        self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    def spawn(
+        self, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> TaskHandle[Any]:
         """Start ``func(*args, **kwargs)`` as a tracked task; return at once.
 
         Safe from the event loop and from worker threads. The task runs with a
-        copy of the caller's context variables.
+        copy of the caller's context variables. Type checkers check the
+        arguments against ``func`` and give ``TaskHandle[T]``, ``T`` being
+        what ``func`` returns (an ``async def``: what it returns when awaited).
 
         Args:
             func: an ``async def`` function (run on the loop) or a plain
                 function (run in a worker thread).
             *args: positional arguments for ``func``.
-            _task_id: the task's id (``A-Z a-z 0-9 _ -``, 1 to 128 characters);
-                default: a random, unguessable one.
-            **kwargs: keyword arguments for ``func``.
+            **kwargs: keyword arguments for ``func``. The task gets a random,
+                unguessable id; to choose it, use :meth:`spawn_with_id`
+                (``_task_id=...`` still works here, untyped).
 
         Raises:
             ManagerNotRunningError: the manager is not entered, or is closing.
-            TaskAlreadyExistsError: ``_task_id`` belongs to an active task.
             TypeError: ``func`` is not a function the manager can run.
-            ValueError: ``_task_id`` is malformed.
         """
-        record = self._new_record(func, args, kwargs, _task_id, "spawn")
+        task_id = kwargs.pop("_task_id", None) if kwargs else None
+        record = self._new_record(func, args, kwargs, task_id, "spawn")
         if threading.get_ident() != self._loop_thread:
             record.run = capture(self._library)
             if self._register(record, spawned=True):
@@ -270,35 +281,86 @@ class TaskManager(RequestTasks):
                 self._launch(record)
         return TaskHandle(record)
 
+    @overload
+    def spawn_with_id(
+        self,
+        task_id: str,
+        func: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def spawn_with_id(
+        self, task_id: str, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    def spawn_with_id(
+        self, task_id: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> TaskHandle[Any]:
+        """:meth:`spawn`, with the task's id chosen by the caller.
+
+        Args:
+            task_id: ``A-Z a-z 0-9 _ -``, 1 to 128 characters; free again
+                once the task with that id has finished.
+            func: as in :meth:`spawn`.
+            *args: positional arguments for ``func``.
+            **kwargs: keyword arguments for ``func``.
+
+        Raises:
+            ManagerNotRunningError: the manager is not entered, or is closing.
+            TaskAlreadyExistsError: ``task_id`` belongs to an active task.
+            TypeError: ``func`` is not a function the manager can run.
+            ValueError: ``task_id`` is malformed.
+        """
+        kwargs["_task_id"] = task_id
+        return self.spawn(func, *args, **kwargs)
+
+    @overload
+    def add_task(
+        self,
+        background_tasks: BackgroundTasks,
+        func: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def add_task(
+        self,
+        background_tasks: BackgroundTasks,
+        func: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
     def add_task(
         self,
         background_tasks: BackgroundTasks,
         func: Callable[..., Any],
         /,
         *args: Any,
-        _task_id: str | None = None,
         **kwargs: Any,
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Track ``func`` on the request's own ``BackgroundTasks``.
 
         The task is recorded as PENDING at once and runs when Starlette runs the
         request's background tasks, after the response. A task that fails is
         recorded and logged, and the request's next background tasks still run
-        (unless ``propagate_errors=True``). If it never gets to run, it ends
-        CANCELLED when the manager closes.
+        (unless ``propagate_errors=True``). If the response is never sent (the
+        endpoint raised, the response went out without these background
+        tasks, the client was gone), it never runs: it ends CANCELLED, with
+        ``cancel_reason="response not sent"``.
 
         Args:
             background_tasks: Starlette's (or FastAPI's) ``BackgroundTasks``.
             func: the task function, sync or async.
             *args: positional arguments for ``func``.
-            _task_id: as in :meth:`spawn`.
-            **kwargs: keyword arguments for ``func``.
+            **kwargs: keyword arguments for ``func``; the id is chosen as in
+                :meth:`spawn` (see :meth:`add_task_with_id`).
 
         Raises:
             ManagerNotRunningError: the manager is not entered, or is closing.
-            TaskAlreadyExistsError: ``_task_id`` belongs to an active task.
             TypeError: wrong argument types (the BackgroundTasks comes first).
-            ValueError: ``_task_id`` is malformed.
         """
         tasks = cast("object", background_tasks)  # checked at run time: a common mix-up
         if not isinstance(tasks, BackgroundTasks):
@@ -307,11 +369,52 @@ class TaskManager(RequestTasks):
                 "function: manager.add_task(background_tasks, func, *args), got "
                 f"{type(background_tasks).__name__}."
             )
-        record = self._new_record(func, args, kwargs, _task_id, "add_task")
+        task_id = kwargs.pop("_task_id", None) if kwargs else None
+        record = self._new_record(func, args, kwargs, task_id, "add_task")
         record.run = capture(self._library)
         self._register(record, spawned=False)
         background_tasks.add_task(tracked_wrapper(self._run_external, record, func))
         return TaskHandle(record)
+
+    @overload
+    def add_task_with_id(
+        self,
+        background_tasks: BackgroundTasks,
+        task_id: str,
+        func: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def add_task_with_id(
+        self,
+        background_tasks: BackgroundTasks,
+        task_id: str,
+        func: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    def add_task_with_id(
+        self,
+        background_tasks: BackgroundTasks,
+        task_id: str,
+        func: Callable[..., Any],
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> TaskHandle[Any]:
+        """:meth:`add_task`, with the task's id chosen as in :meth:`spawn_with_id`.
+
+        Raises:
+            ManagerNotRunningError: the manager is not entered, or is closing.
+            TaskAlreadyExistsError: ``task_id`` belongs to an active task.
+            TypeError: wrong argument types (the BackgroundTasks comes first).
+            ValueError: ``task_id`` is malformed.
+        """
+        kwargs["_task_id"] = task_id
+        return self.add_task(background_tasks, func, *args, **kwargs)
 
     # -- queries ------------------------------------------------------------
 

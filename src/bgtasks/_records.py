@@ -15,7 +15,9 @@ import json
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol
+
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from contextvars import Context
@@ -34,6 +36,9 @@ __all__ = [
     "TaskState",
     "error_of",
 ]
+
+# What a task returns: TaskInfo[T].result is a T (or None); unknown: Any.
+T_co = TypeVar("T_co", covariant=True, default=Any)
 
 # Longer error messages are cut, so a finished record's size stays bounded.
 MAX_ERROR_MESSAGE = 2000
@@ -93,8 +98,12 @@ def error_of(exc: BaseException) -> TaskError:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskInfo:
+class TaskInfo(Generic[T_co]):
     """An immutable snapshot of one task, as ``TaskManager.get`` returns it.
+
+    Generic in the task's return type: a ``TaskHandle[T]`` gives
+    ``TaskInfo[T]``, whose ``result`` is a ``T`` or None (``TaskInfo`` alone
+    is ``TaskInfo[Any]``).
 
     Attributes:
         id: the task's id.
@@ -123,7 +132,7 @@ class TaskInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    result: Any
+    result: T_co | None
     error: TaskError | None
     progress: float | None
     message: str | None
@@ -177,8 +186,11 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-class TaskHandle:
+class TaskHandle(Generic[T_co]):
     """What ``spawn`` and ``add_task`` return: the task's id, and shortcuts.
+
+    Generic in the task's return type, which the type checker takes from the
+    submitted function (an ``async def``'s awaited result).
 
     The handle follows the task it was created for, even after retention
     dropped its record from the manager (``info()`` then returns None).
@@ -194,11 +206,11 @@ class TaskHandle:
         """The task's id, for ``manager.get``, ``cancel``, ``wait`` and URLs."""
         return self._record.id
 
-    def info(self) -> TaskInfo | None:
+    def info(self) -> TaskInfo[T_co] | None:
         """Return a snapshot of the task, or None once retention dropped it."""
         return self._record.manager._info_of(self._record)  # pyright: ignore[reportPrivateUsage]
 
-    async def wait(self, *, timeout: float | None = None) -> TaskInfo:
+    async def wait(self, *, timeout: float | None = None) -> TaskInfo[T_co]:
         """Wait until the task is finished and return its final snapshot.
 
         Raises:
