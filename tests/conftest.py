@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from bgtasks._core import ManagerCore
+from bgtasks._manager.engine import ManagerCore
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -148,7 +148,7 @@ async def test_bound_methods_are_described_once_per_function(
     ``async def`` functions and methods need no entry at all: their name and
     kind are read straight off the function.
     """
-    from bgtasks import _submit
+    from bgtasks._manager import submit as _submit
 
     monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
     greeters = [_Greeter(str(n)) for n in range(3)]

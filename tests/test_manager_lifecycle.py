@@ -16,7 +16,7 @@ import pytest
 
 from bgtasks import TaskManager, TaskState, current_task
 from bgtasks._context import running_task_var
-from bgtasks._records import TaskError
+from bgtasks._manager.records import TaskError
 from bgtasks.exceptions import (
     ManagerNotRunningError,
     NoCurrentTaskError,
@@ -432,7 +432,7 @@ async def test_function_checks_are_cached_and_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The per-function cache empties itself when full."""
-    from bgtasks import _submit
+    from bgtasks._manager import submit as _submit
 
     monkeypatch.setattr(_submit, "_DESCRIPTIONS_MAX", 2)
     monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
@@ -447,7 +447,7 @@ async def test_a_function_leaves_the_cache_when_it_is_gone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The cache holds functions weakly, and forgets each one as it goes."""
-    from bgtasks import _submit
+    from bgtasks._manager import submit as _submit
 
     monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
     func = functools.partial(double, 1)
@@ -467,7 +467,7 @@ async def test_functions_without_weak_references_run_uncached(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A callable object that takes no weak reference is checked at every spawn."""
-    from bgtasks import _submit
+    from bgtasks._manager import submit as _submit
 
     class Doubler:
         __slots__ = ()
@@ -485,7 +485,7 @@ async def test_functions_without_weak_references_run_uncached(
 
 def test_a_record_is_awaited_never_driven() -> None:
     """The record handed to anyio as a coroutine refuses send() and throw()."""
-    from bgtasks._records import TaskRecord
+    from bgtasks._manager.records import TaskRecord
 
     record = TaskRecord(None, "id", "double", 0.0, double, (1,), None, None)  # type: ignore[arg-type]
     assert isinstance(record, collections.abc.Coroutine)
@@ -499,8 +499,8 @@ def test_a_record_is_awaited_never_driven() -> None:
 
 async def test_launch_of_a_cancelled_record_frees_its_slot() -> None:
     """A record cancelled between registration and launch gives its slot back."""
-    from bgtasks._records import TaskRecord
-    from bgtasks._submit import capture
+    from bgtasks._manager.records import TaskRecord
+    from bgtasks._manager.submit import capture
 
     async with TaskManager(max_concurrency=1) as manager:
         record = TaskRecord(manager, "", "double", 0.0, double, (1,), None, None)

@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from bgtasks import TaskManager, TaskState
-from bgtasks._records import TaskRecord
-from bgtasks._submit import capture
+from bgtasks._manager.records import TaskRecord
+from bgtasks._manager.submit import capture
 
 pytestmark = pytest.mark.anyio
 

@@ -11,18 +11,18 @@ from importlib.metadata import version as _version
 
 from . import backoff as backoff
 from . import exceptions as exceptions
-from ._events import TaskEvent as TaskEvent
 from ._idempotent import idempotent as idempotent
 from ._logged import logged as logged
+from ._manager import TaskContext as TaskContext
 from ._manager import TaskManager as TaskManager
 from ._manager import current_task as current_task
-from ._records import TaskError as TaskError
-from ._records import TaskHandle as TaskHandle
-from ._records import TaskInfo as TaskInfo
-from ._records import TaskState as TaskState
+from ._manager.events import TaskEvent as TaskEvent
+from ._manager.records import TaskError as TaskError
+from ._manager.records import TaskHandle as TaskHandle
+from ._manager.records import TaskInfo as TaskInfo
+from ._manager.records import TaskState as TaskState
 from ._retry import RetryEvent as RetryEvent
 from ._retry import retry as retry
-from ._running import TaskContext as TaskContext
 from ._stores import ClaimResult as ClaimResult
 from ._stores import IdempotencyRecord as IdempotencyRecord
 from ._stores import IdempotencyStore as IdempotencyStore

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 
-from ._records import TaskState
+from ._manager.records import TaskState
 
 if TYPE_CHECKING:
     from ._manager import TaskManager
-    from ._records import TaskInfo
+    from ._manager.records import TaskInfo
 
 __all__ = [
     "TASK_ID_PATTERN",

@@ -21,7 +21,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from ._records import TaskRecord, TaskState
+from ._manager.records import TaskRecord, TaskState
 from .exceptions import TaskAlreadyExistsError
 
 __all__ = ["TASK_ID_PATTERN", "Registry", "check_task_id"]

@@ -19,9 +19,9 @@ from starlette.background import BackgroundTasks
 from typing_extensions import assert_type
 
 from bgtasks import TaskHandle, TaskInfo, TaskManager, TaskState, current_task
-from bgtasks._events import TaskEvent
-from bgtasks._records import TaskError
-from bgtasks._running import TaskContext
+from bgtasks._manager.current import TaskContext
+from bgtasks._manager.events import TaskEvent
+from bgtasks._manager.records import TaskError
 
 
 async def report(user_id: int) -> dict[str, int]:

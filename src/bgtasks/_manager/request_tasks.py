@@ -11,9 +11,9 @@ from contextvars import Context
 
 import anyio
 
-from ._core import ManagerCore
-from ._records import TaskRecord, TaskState
-from ._slots import SlotWaiter
+from .engine import ManagerCore
+from .records import TaskRecord, TaskState
+from .slots import SlotWaiter
 
 __all__ = ["RequestTasks"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import cast
 
-from ._context import running_task_var
-from ._records import TaskRecord
-from .exceptions import NoCurrentTaskError
+from .._context import running_task_var
+from ..exceptions import NoCurrentTaskError
+from .records import TaskRecord
 
 __all__ = ["TaskContext", "current_task"]
 

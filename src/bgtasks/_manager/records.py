@@ -22,7 +22,7 @@ from typing_extensions import TypeVar
 if TYPE_CHECKING:
     from contextvars import Context
 
-    from ._core import ManagerCore
+    from .engine import ManagerCore
 
 __all__ = [
     "MAX_ERROR_MESSAGE",

@@ -26,9 +26,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._context import running_task_var
-from ._events import Subscribers, TaskEvent
-from ._records import (
+from .._context import running_task_var
+from .._registry import Registry, check_task_id
+from .events import Subscribers, TaskEvent
+from .records import (
     RESPONSE_NOT_SENT,
     SYNC,
     Cancellable,
@@ -37,9 +38,8 @@ from ._records import (
     TaskState,
     error_of,
 )
-from ._registry import Registry, check_task_id
-from ._slots import Slots
-from ._submit import not_running, resolve, unwrap
+from .slots import Slots
+from .submit import not_running, resolve, unwrap
 
 __all__ = ["ManagerCore"]
 

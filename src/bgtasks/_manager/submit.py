@@ -10,9 +10,9 @@ from collections.abc import Callable
 from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any
 
-from ._records import SYNC, TaskRecord, TaskState
-from ._wrap import is_async_callable
-from .exceptions import ManagerNotRunningError
+from .._wrap import is_async_callable
+from ..exceptions import ManagerNotRunningError
+from .records import SYNC, TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from starlette.background import BackgroundTasks

@@ -16,18 +16,18 @@ import anyio.lowlevel
 from starlette.background import BackgroundTasks
 from typing_extensions import ParamSpec, Self
 
-from ._events import Subscriber
-from ._external import RequestTasks
-from ._records import TaskHandle, TaskInfo, TaskState
-from ._running import TaskContext, current_task
-from ._submit import (
+from .._validate import to_seconds
+from ..exceptions import TaskNotFoundError
+from .current import TaskContext, current_task
+from .events import Subscriber
+from .records import TaskHandle, TaskInfo, TaskState
+from .request_tasks import RequestTasks
+from .submit import (
     capture,
     check_int,
     current_library,
     tracked_wrapper,
 )
-from ._validate import to_seconds
-from .exceptions import TaskNotFoundError
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
