@@ -27,7 +27,6 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._context import running_task_var
-from .._registry import Registry, check_task_id
 from .events import Subscribers, TaskEvent
 from .records import (
     RESPONSE_NOT_SENT,
@@ -38,6 +37,7 @@ from .records import (
     TaskState,
     error_of,
 )
+from .registry import Registry, check_task_id
 from .slots import Slots
 from .submit import not_running, resolve, unwrap
 

@@ -21,8 +21,8 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from ._manager.records import TaskRecord, TaskState
-from .exceptions import TaskAlreadyExistsError
+from ..exceptions import TaskAlreadyExistsError
+from .records import TaskRecord, TaskState
 
 __all__ = ["TASK_ID_PATTERN", "Registry", "check_task_id"]
 
