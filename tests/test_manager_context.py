@@ -111,7 +111,7 @@ async def test_spawn_under_an_eager_task_factory() -> None:
             handle = manager.spawn(read_async)
             request_id.reset(token)
             info = await handle.wait(timeout=5)
-            record = manager._registry.get(handle.id)
+            record = manager._engine.registry.get(handle.id)
             assert record is not None
             assert record.run is None
     finally:

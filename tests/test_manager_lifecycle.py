@@ -503,13 +503,15 @@ async def test_launch_of_a_cancelled_record_frees_its_slot() -> None:
     from bgtasks._manager.submit import capture
 
     async with TaskManager(max_concurrency=1) as manager:
-        record = TaskRecord(manager, "", "double", 0.0, double, (1,), None, None)
+        record = TaskRecord(
+            manager._engine, "", "double", 0.0, double, (1,), None, None
+        )
         record.run = capture(None)
-        assert manager._register(record, spawned=True)
-        assert await manager._cancel_record(record)
-        manager._launch(record)
-        assert manager._slots is not None
-        assert manager._slots.held == 0
+        assert manager._engine.register(record, spawned=True)
+        assert await manager._engine.cancel_record(record)
+        manager._engine.launch(record)
+        assert manager._engine.slots is not None
+        assert manager._engine.slots.held == 0
 
 
 def test_current_task_outside_a_task_raises() -> None:

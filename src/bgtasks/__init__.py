@@ -17,8 +17,8 @@ from ._manager import TaskContext as TaskContext
 from ._manager import TaskManager as TaskManager
 from ._manager import current_task as current_task
 from ._manager.events import TaskEvent as TaskEvent
+from ._manager.handle import TaskHandle as TaskHandle
 from ._manager.records import TaskError as TaskError
-from ._manager.records import TaskHandle as TaskHandle
 from ._manager.records import TaskInfo as TaskInfo
 from ._manager.records import TaskState as TaskState
 from ._retry import RetryEvent as RetryEvent

@@ -240,7 +240,7 @@ def tracked_tasks(
             # No background task runs after a failed request: end the tracked
             # ones now, before the error response goes out.
             for record in unsent(background_tasks):
-                record.manager.abandon(record)
+                record.engine.abandon(record)
             raise
 
     return get_tracked_tasks

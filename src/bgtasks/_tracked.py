@@ -9,7 +9,7 @@ from starlette.background import BackgroundTasks
 from typing_extensions import ParamSpec
 
 from ._manager import TaskManager
-from ._manager.records import TaskHandle
+from ._manager.handle import TaskHandle
 from ._routes import check_manager
 
 __all__ = ["TrackedBackgroundTasks"]

@@ -1,5 +1,10 @@
 """The TaskManager's engine: registration, launch, execution, state transitions.
 
+``TaskManager`` holds one ``Engine`` and adds the public API (argument checks,
+types, docs); ``TaskHandle`` and ``TaskContext`` reach the engine through the
+record they show. The engine's public names are that package-internal
+interface.
+
 Invariants, all guarded by one ``threading.Lock`` held only for short,
 non-awaiting sections:
 
@@ -7,23 +12,26 @@ non-awaiting sections:
   first: its runner (-> RUNNING), ``cancel()`` or shutdown (-> CANCELLED);
 - every change of ``state`` happens on the event loop thread, except the
   creation of a record submitted from a worker thread;
-- ``_active`` counts PENDING and RUNNING records, so shutdown knows when the
+- ``active`` counts PENDING and RUNNING records, so shutdown knows when the
   manager is idle;
-- with ``max_concurrency``, ``_slots`` hands out run slots in submission
-  order (see ``_slots``).
+- with ``max_concurrency``, ``slots`` hands out run slots in submission
+  order (see ``slots.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from contextvars import Context
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._context import running_task_var
@@ -38,10 +46,13 @@ from .records import (
     error_of,
 )
 from .registry import Registry, check_task_id
-from .slots import Slots
-from .submit import not_running, resolve, unwrap
+from .slots import Slots, SlotWaiter
+from .submit import current_library, not_running, resolve, unwrap
 
-__all__ = ["ManagerCore"]
+if TYPE_CHECKING:
+    from anyio.lowlevel import EventLoopToken
+
+__all__ = ["Engine"]
 
 logger = logging.getLogger("bgtasks")
 
@@ -49,8 +60,12 @@ _PENDING = TaskState.PENDING
 _RUNNING = TaskState.RUNNING
 
 
-class ManagerCore:
-    """State and execution shared by the public ``TaskManager`` methods."""
+class Engine:
+    """What a ``TaskManager`` runs on: its records, task group, slots, subscribers.
+
+    Package-internal: ``TaskManager``, ``TaskHandle`` and ``TaskContext`` use
+    its public names; its underscored names are its own.
+    """
 
     # anyio >= 4.14 returns a cancellable handle from create_task/start_soon;
     # tests turn this off to run the fallback (a cancel scope per task) that
@@ -67,32 +82,112 @@ class ManagerCore:
         log_failures: bool,
         clock: Callable[[], float],
     ) -> None:
-        self._registry = Registry(
+        self.registry = Registry(
             max_finished=max_finished, ttl=finished_ttl, clock=clock
         )
-        self._lock = self._registry.lock
-        self._subscribers = Subscribers()
-        self._slots = None if max_concurrency is None else Slots(max_concurrency)
+        self.lock = self.registry.lock
+        self.subscribers = Subscribers()
+        self.slots = None if max_concurrency is None else Slots(max_concurrency)
         self._propagate_errors = propagate_errors
         self._log_failures = log_failures
-        self._tg: TaskGroup | None = None
-        self._accepting = False
-        self._loop_thread: int | None = None
+        self.tg: TaskGroup | None = None
+        self.accepting = False
+        self.loop_thread: int | None = None
+        self.token: EventLoopToken | None = None
+        self.library: str | None = None
+        self._owner: object = None  # the anyio task that opened the engine
         # Thread-safe, non-blocking "call soon on the manager's loop", while
         # the manager runs (see abandon_soon).
-        self._schedule: Callable[[Callable[[], object]], object] | None = None
-        self._active = 0
+        self.schedule: Callable[[Callable[[], object]], object] | None = None
+        self.active = 0
         self._idle: anyio.Event | None = None
         self._waiters: dict[TaskRecord, anyio.Event] = {}
         # What awaiting a launched record runs (TaskRecord.__await__): chosen
         # once, as it is looked up for every task.
         self.run_launched: Callable[[TaskRecord], Coroutine[Any, Any, object]] = (
-            self._execute if self._slots is None else self._run_spawned
+            self._execute if self.slots is None else self._run_spawned
         )
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the task group and accept tasks (``async with manager``).
+
+        Raises:
+            RuntimeError: the manager is already running.
+        """
+        if self.tg is not None:
+            raise RuntimeError(
+                "this TaskManager is already running: enter it once (one "
+                "`async with manager:` at a time), or create another manager."
+            )
+        tg = anyio.create_task_group()
+        self.tg = tg
+        try:
+            await tg.__aenter__()
+        except BaseException:  # pragma: no cover - anyio failing to start a group
+            self.tg = None
+            raise
+        self._owner = anyio.get_current_task().id
+        self.loop_thread = threading.get_ident()
+        self.token = anyio.lowlevel.current_token()
+        self.schedule = _loop_scheduler(self.token)
+        self.library = current_library()
+        with self.lock:
+            self.accepting = True
+
+    async def close(self, drain: float) -> None:
+        """Stop accepting, drain for ``drain`` seconds, cancel the rest, wait."""
+        tg = self.tg
+        if tg is None:
+            return  # never entered, or already closed
+        if anyio.get_current_task().id != self._owner:
+            raise RuntimeError(
+                "close the TaskManager from the task that entered it (anyio task "
+                "groups require it): leave its `async with` block, or call "
+                "aclose() where it was entered, e.g. at the end of the lifespan."
+            )
+        self._owner = None
+        with self.lock:
+            self.accepting = False
+            idle = self._idle = anyio.Event() if self.active else None
+        if idle is not None:
+            # An add_task wrapper that a dropped request still holds in a
+            # reference cycle can never run: collect it, so its finalizer
+            # ends its record now instead of after the whole drain.
+            gc.collect()
+        interrupted: BaseException | None = None
+        try:
+            if idle is not None and drain > 0:
+                with anyio.move_on_after(drain):
+                    await idle.wait()
+        except BaseException as error:  # cancelled while draining: still clean up
+            interrupted = error
+        await self._cancel_all()
+        tg.cancel_scope.cancel()
+        try:
+            # Not handed the body's exception: it propagates as is, not grouped.
+            await tg.__aexit__(None, None, None)
+        finally:
+            self.tg = None
+            self.loop_thread = None
+            self.schedule = None
+            with anyio.CancelScope(shield=True):
+                await self._wait_idle()
+            self._idle = None
+        if interrupted is not None:  # pragma: no cover - the group re-raised it first
+            raise interrupted
+
+    async def _wait_idle(self) -> None:
+        """Wait for ``add_task`` tasks still running in request tasks."""
+        with self.lock:
+            idle = self._idle = anyio.Event() if self.active else None
+        if idle is not None:
+            await idle.wait()
 
     # -- submission ---------------------------------------------------------
 
-    def _new_record(
+    def new_record(
         self,
         func: Callable[..., Any],
         args: tuple[Any, ...],
@@ -114,51 +209,51 @@ class ManagerCore:
             self, task_id or "", name, time.time(), target, args, kwargs or None, owner
         )
 
-    def _register(self, record: TaskRecord, *, spawned: bool) -> bool:
+    def register(self, record: TaskRecord, *, spawned: bool) -> bool:
         """Store a new PENDING record; tell sync subscribers.
 
         A record whose ``id`` is empty gets a random one. Returns, for
         ``spawned`` records, whether it got a slot and must be launched now
         (False: it waits in the queue).
         """
-        lock = self._lock
+        lock = self.lock
         lock.acquire()  # not `with`: on the per-task path it costs twice as much
         try:
-            if not self._accepting:
+            if not self.accepting:
                 raise not_running()
             if record.id:
-                self._registry.add(record)
+                self.registry.add(record)
             else:
-                self._registry.add_with_new_id(record)
-            self._active += 1
+                self.registry.add_with_new_id(record)
+            self.active += 1
             launch = spawned
-            slots = self._slots
+            slots = self.slots
             if spawned and slots is not None and not slots.take():
                 slots.enqueue(record)
                 launch = False
-            info = record.snapshot() if self._subscribers.sync else None
+            info = record.snapshot() if self.subscribers.sync else None
         finally:
             lock.release()
         if info is not None:
-            self._subscribers.notify_sync([TaskEvent(record.id, None, _PENDING, info)])
+            self.subscribers.notify_sync([TaskEvent(record.id, None, _PENDING, info)])
         return launch
 
-    def _launch(self, record: TaskRecord) -> None:
+    def launch(self, record: TaskRecord) -> None:
         """Start a spawned record that waited for a slot or the loop (loop only)."""
         context = record.run
-        if self._tg is None or not isinstance(context, Context):
+        if self.tg is None or not isinstance(context, Context):
             # Cancelled (or the manager closed) before it could start.
             self._release_slot()
             return
-        self._start(record, context)
+        self.start(record, context)
 
-    def _start(self, record: TaskRecord, context: Context | None) -> None:
+    def start(self, record: TaskRecord, context: Context | None) -> None:
         """Run a record in the task group (loop thread only).
 
         ``context``: the one captured at submission; None when submitted on the
         loop just now, as the task group copies the current context itself.
         """
-        tg = self._tg
+        tg = self.tg
         assert tg is not None  # the callers check; cheaper than cast()
         if self._use_task_handles:
             # The record is the coroutine (see TaskRecord), and anyio's handle
@@ -173,15 +268,83 @@ class ManagerCore:
             context.run(tg.start_soon, self._run_spawned, record)
 
     def _release_slot(self) -> None:
-        slots = self._slots
+        slots = self.slots
         if slots is None:
             return
-        with self._lock:
+        with self.lock:
             launches, wakes = slots.release()
         for record in launches:
-            self._launch(record)
+            self.launch(record)
         for event in wakes:
             event.set()
+
+    # -- add_task: tracked tasks that Starlette's BackgroundTasks runs -------
+    #
+    # Such a task runs in the request's own task, after the response, not in
+    # the task group: the wrapper handed to Starlette waits for a concurrency
+    # slot, then runs the function in a child task of its own.
+
+    async def run_external(self, record: TaskRecord) -> None:
+        """Run an ``add_task`` record in Starlette's request task."""
+        context = record.run
+        if not isinstance(context, Context) or not await self._acquire_external_slot(
+            record
+        ):
+            return  # cancelled, or the manager closed, before Starlette ran it
+        failure: list[Exception] = []
+        try:
+            # A child task, so the function runs in the context captured by
+            # add_task and its own context changes stay out of the request's.
+            async with anyio.create_task_group() as tg:
+                if self._use_task_handles:
+                    handle = tg.create_task(
+                        self._execute_into(record, failure),
+                        name=record.name,
+                        context=context,
+                    )
+                    if (
+                        record.finished is None
+                    ):  # pragma: no branch - ended by an eager start
+                        record.run = handle
+                else:
+                    context.run(tg.start_soon, self._execute_into, record, failure)
+        finally:
+            self._release_slot()
+        if failure and self._propagate_errors:
+            raise failure[0]
+
+    async def _acquire_external_slot(self, record: TaskRecord) -> bool:
+        """Wait, in FIFO order, for a slot for an ``add_task`` record.
+
+        Returns True if the slot is held and the task should run.
+        """
+        slots = self.slots
+        if slots is None:
+            return True
+        with self.lock:  # the caller saw it PENDING, with no await since
+            if slots.take():
+                return True
+            waiter = SlotWaiter()
+            slots.enqueue(record, waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            # The request's task was cancelled while it waited: never runs.
+            with self.lock:
+                slots.drop_waiter(record)
+            if waiter.granted:
+                self._release_slot()
+            await self._cancel_pending(record)
+            raise
+        if waiter.granted and record.state is not TaskState.PENDING:
+            self._release_slot()
+            return False
+        return waiter.granted
+
+    async def _execute_into(self, record: TaskRecord, failure: list[Exception]) -> None:
+        error = await self._execute_scoped(record)
+        if error is not None:
+            failure.append(error)
 
     # -- execution ----------------------------------------------------------
 
@@ -195,7 +358,7 @@ class ManagerCore:
         if self._use_task_handles:
             return await self._execute(record)
         with anyio.CancelScope() as scope:  # swallows its own cancellation
-            with self._lock:
+            with self.lock:
                 if record.state is _PENDING:  # not cancelled meanwhile
                     record.run = scope
             return await self._execute(record)
@@ -206,9 +369,9 @@ class ManagerCore:
 
         Cancellation (and other BaseExceptions) is recorded, then re-raised.
         """
-        subscribers = self._subscribers
+        subscribers = self.subscribers
         started = time.time()
-        lock = self._lock
+        lock = self.lock
         lock.acquire()  # not `with`: on the per-task path it costs twice as much
         try:
             if record.state is not _PENDING:
@@ -253,7 +416,7 @@ class ManagerCore:
                     type(exc).__qualname__,
                 )
             if event is not None:
-                await self._subscribers.announce([event])
+                await self.subscribers.announce([event])
             return exc
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -261,12 +424,12 @@ class ManagerCore:
             else:  # KeyboardInterrupt, SystemExit: record, then let it through
                 event = self._finish(record, TaskState.FAILED, error_of(exc))
             if event is not None:
-                await self._subscribers.announce([event])
+                await self.subscribers.announce([event])
             raise
         # Also when a cancel was requested but the function returned anyway.
         event = self._finish(record, TaskState.SUCCEEDED, result)
         if event is not None:
-            await self._subscribers.announce([event])
+            await self.subscribers.announce([event])
         return None
 
     # -- transitions --------------------------------------------------------
@@ -276,8 +439,8 @@ class ManagerCore:
     ) -> TaskEvent | None:
         """Move a RUNNING record to ``state``; return the event to announce."""
         now = time.time()
-        mono = self._registry.clock()
-        lock = self._lock
+        mono = self.registry.clock()
+        lock = self.lock
         lock.acquire()  # not `with`: on the per-task path it costs twice as much
         try:
             return self._end(record, state, outcome, now, mono)
@@ -300,15 +463,15 @@ class ManagerCore:
         # Drop the call: a finished record keeps none of the task's arguments.
         record.func = record.kwargs = record.owner = record.run = None
         record.args = ()
-        self._active -= 1
-        self._registry.finished(record, mono)
+        self.active -= 1
+        self.registry.finished(record, mono)
         if self._waiters:
             waiter = self._waiters.pop(record, None)
             if waiter is not None:
                 waiter.set()
-        if self._active == 0 and self._idle is not None:
+        if self.active == 0 and self._idle is not None:
             self._idle.set()
-        if self._subscribers.any:
+        if self.subscribers.any:
             return TaskEvent(record.id, old, state, record.snapshot())
         return None
 
@@ -320,10 +483,10 @@ class ManagerCore:
         ``reason``: the cancel reason its snapshot shows, if bgtasks has one.
         """
         record.cancel_requested = True
-        created = record.snapshot() if self._subscribers.async_ else None
+        created = record.snapshot() if self.subscribers.async_ else None
         event = self._end(record, TaskState.CANCELLED, reason, now, mono)
-        if self._slots is not None:
-            self._slots.forget(record)
+        if self.slots is not None:
+            self.slots.forget(record)
         if event is None:
             return []
         if created is None:
@@ -332,12 +495,12 @@ class ManagerCore:
 
     async def _cancel_pending(self, record: TaskRecord) -> None:
         now = time.time()
-        mono = self._registry.clock()
-        with self._lock:
+        mono = self.registry.clock()
+        with self.lock:
             if record.state is not _PENDING:  # pragma: no cover - shutdown won a race
                 return
             events = self._end_pending(record, now, mono)
-        await self._subscribers.announce(events)
+        await self.subscribers.announce(events)
 
     def abandon_soon(self, record: TaskRecord) -> None:
         """Have the loop cancel an ``add_task`` record whose wrapper is gone.
@@ -346,7 +509,7 @@ class ManagerCore:
         allocation, maybe while this very thread holds the (non-reentrant)
         lock: it never takes the lock, it only schedules ``abandon``.
         """
-        schedule = self._schedule
+        schedule = self.schedule
         if schedule is None:
             return  # closed: shutdown ended every PENDING record
         with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
@@ -358,15 +521,15 @@ class ManagerCore:
         Package-internal: the FastAPI dependency calls it for a failed request.
         """
         now = time.time()
-        mono = self._registry.clock()
-        with self._lock:
+        mono = self.registry.clock()
+        with self.lock:
             if record.state is not _PENDING:
                 return  # ran, or was cancelled, before its wrapper went
             events = self._end_pending(record, now, mono, RESPONSE_NOT_SENT)
-        subscribers = self._subscribers
+        subscribers = self.subscribers
         if not events:
             return
-        tg = self._tg
+        tg = self.tg
         if subscribers.async_ and tg is not None:
             tg.start_soon(subscribers.announce, events)
         else:  # no async subscriber (or closing): tell the sync ones now
@@ -374,11 +537,11 @@ class ManagerCore:
 
     # -- cancelling and waiting -------------------------------------------
 
-    async def _cancel_record(self, record: TaskRecord) -> bool:
+    async def cancel_record(self, record: TaskRecord) -> bool:
         """Cancel a PENDING record, or ask a RUNNING one to stop; False if ended."""
         now = time.time()
-        mono = self._registry.clock()
-        with self._lock:
+        mono = self.registry.clock()
+        with self.lock:
             if record.state.is_finished:
                 return False
             if record.state is TaskState.PENDING:
@@ -389,17 +552,17 @@ class ManagerCore:
                 switch = _switch(record)
                 if switch is not None:  # pragma: no branch
                     switch.cancel()
-        await self._subscribers.announce(events)
+        await self.subscribers.announce(events)
         return True
 
     async def _cancel_all(self) -> None:
         """Cancel every PENDING and RUNNING task (shutdown, after draining)."""
         now = time.time()
-        mono = self._registry.clock()
+        mono = self.registry.clock()
         events: list[TaskEvent] = []
         scopes: list[Cancellable] = []
-        with self._lock:
-            for record in self._registry.active():
+        with self.lock:
+            for record in self.registry.active():
                 if record.state is TaskState.PENDING:
                     events.extend(self._end_pending(record, now, mono))
                 else:
@@ -407,15 +570,15 @@ class ManagerCore:
                     switch = _switch(record)
                     if switch is not None:  # pragma: no branch
                         scopes.append(switch)
-            if self._slots is not None:
-                self._slots.clear()
+            if self.slots is not None:
+                self.slots.clear()
         for scope in scopes:
             scope.cancel()
-        await self._subscribers.announce(events)
+        await self.subscribers.announce(events)
 
-    async def _wait_record(self, record: TaskRecord, limit: float | None) -> TaskInfo:
+    async def wait_record(self, record: TaskRecord, limit: float | None) -> TaskInfo:
         """Wait until ``record`` is finished; return its final snapshot."""
-        with self._lock:
+        with self.lock:
             if record.state.is_finished:
                 return record.snapshot()
             event = self._waiters.get(record)
@@ -423,13 +586,13 @@ class ManagerCore:
                 event = self._waiters[record] = anyio.Event()
         with anyio.fail_after(limit):
             await event.wait()
-        with self._lock:
+        with self.lock:
             return record.snapshot()
 
-    def _info_of(self, record: TaskRecord) -> TaskInfo | None:
+    def info_of(self, record: TaskRecord) -> TaskInfo | None:
         """Snapshot ``record``, or None once retention dropped it."""
-        with self._lock:
-            return record.snapshot() if self._registry.is_stored(record) else None
+        with self.lock:
+            return record.snapshot() if self.registry.is_stored(record) else None
 
 
 def _logs_itself(func: Callable[..., Any]) -> bool:
@@ -446,3 +609,15 @@ def _switch(record: TaskRecord) -> Cancellable | None:
     """Return what cancels a launched record; None before its launch is done."""
     run = record.run
     return None if run is None or isinstance(run, Context) else run
+
+
+def _loop_scheduler(
+    token: EventLoopToken,
+) -> Callable[[Callable[[], object]], object]:
+    """Return the loop's thread-safe, non-blocking "call this soon"."""
+    # anyio >= 4.11 wraps the native token: an asyncio loop or a TrioToken.
+    native: Any = getattr(token, "native_token", token)
+    return cast(
+        "Callable[[Callable[[], object]], object]",
+        getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon,
+    )

@@ -3,34 +3,29 @@
 from __future__ import annotations
 
 import builtins
-import gc
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import Any, TypeVar, cast, overload
 
 import anyio
-import anyio.lowlevel
 from starlette.background import BackgroundTasks
 from typing_extensions import ParamSpec, Self
 
 from .._validate import to_seconds
 from ..exceptions import TaskNotFoundError
 from .current import TaskContext, current_task
+from .engine import Engine
 from .events import Subscriber
-from .records import TaskHandle, TaskInfo, TaskState
-from .request_tasks import RequestTasks
+from .handle import TaskHandle
+from .records import TaskInfo, TaskState
 from .submit import (
     capture,
     check_int,
-    current_library,
     tracked_wrapper,
 )
-
-if TYPE_CHECKING:
-    from anyio.lowlevel import EventLoopToken
 
 __all__ = ["TaskContext", "TaskManager", "current_task"]
 
@@ -38,7 +33,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class TaskManager(RequestTasks):
+class TaskManager:
     """Run background tasks you can look up, wait for and cancel by id.
 
     Tasks run in the manager's own anyio task group: ``async def`` functions on
@@ -105,7 +100,7 @@ class TaskManager(RequestTasks):
                 f"clock must be a callable returning monotonic seconds (like "
                 f"time.monotonic), got {type(clock).__name__}."
             )
-        super().__init__(
+        self._engine = Engine(
             max_concurrency=max_concurrency,
             max_finished=max_finished,
             finished_ttl=ttl,
@@ -114,16 +109,13 @@ class TaskManager(RequestTasks):
             clock=clock,
         )
         self._drain_timeout = drain
-        self._owner: object = None
-        self._token: EventLoopToken | None = None
-        self._library: str | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
     @property
     def running(self) -> bool:
         """True from ``async with manager:`` until its close begins."""
-        return self._accepting
+        return self._engine.accepting
 
     async def __aenter__(self) -> Self:
         """Start the manager's task group; a closed manager may be entered again.
@@ -131,25 +123,7 @@ class TaskManager(RequestTasks):
         Raises:
             RuntimeError: the manager is already running.
         """
-        if self._tg is not None:
-            raise RuntimeError(
-                "this TaskManager is already running: enter it once (one "
-                "`async with manager:` at a time), or create another manager."
-            )
-        tg = anyio.create_task_group()
-        self._tg = tg
-        try:
-            await tg.__aenter__()
-        except BaseException:  # pragma: no cover - anyio failing to start a group
-            self._tg = None
-            raise
-        self._owner = anyio.get_current_task().id
-        self._loop_thread = threading.get_ident()
-        self._token = anyio.lowlevel.current_token()
-        self._schedule = _loop_scheduler(self._token)
-        self._library = current_library()
-        with self._lock:
-            self._accepting = True
+        await self._engine.open()
         return self
 
     async def __aexit__(
@@ -159,7 +133,7 @@ class TaskManager(RequestTasks):
         tb: TracebackType | None,
     ) -> None:
         """Drain for ``drain_timeout`` (no drain if the body raised), then cancel."""
-        await self._close(0.0 if exc_type is not None else self._drain_timeout)
+        await self._engine.close(0.0 if exc_type is not None else self._drain_timeout)
 
     async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a drain period, not a deadline
         """Stop accepting tasks, wait for them up to ``timeout``, cancel the rest.
@@ -178,55 +152,7 @@ class TaskManager(RequestTasks):
             if timeout is None
             else to_seconds(timeout, "aclose(timeout=...)", finite=False, zero_ok=True)
         )
-        await self._close(drain)
-
-    async def _close(self, drain: float) -> None:
-        tg = self._tg
-        if tg is None:
-            return  # never entered, or already closed
-        if anyio.get_current_task().id != self._owner:
-            raise RuntimeError(
-                "close the TaskManager from the task that entered it (anyio task "
-                "groups require it): leave its `async with` block, or call "
-                "aclose() where it was entered, e.g. at the end of the lifespan."
-            )
-        self._owner = None
-        with self._lock:
-            self._accepting = False
-            idle = self._idle = anyio.Event() if self._active else None
-        if idle is not None:
-            # An add_task wrapper that a dropped request still holds in a
-            # reference cycle can never run: collect it, so its finalizer
-            # ends its record now instead of after the whole drain.
-            gc.collect()
-        interrupted: BaseException | None = None
-        try:
-            if idle is not None and drain > 0:
-                with anyio.move_on_after(drain):
-                    await idle.wait()
-        except BaseException as error:  # cancelled while draining: still clean up
-            interrupted = error
-        await self._cancel_all()
-        tg.cancel_scope.cancel()
-        try:
-            # Not handed the body's exception: it propagates as is, not grouped.
-            await tg.__aexit__(None, None, None)
-        finally:
-            self._tg = None
-            self._loop_thread = None
-            self._schedule = None
-            with anyio.CancelScope(shield=True):
-                await self._wait_idle()
-            self._idle = None
-        if interrupted is not None:  # pragma: no cover - the group re-raised it first
-            raise interrupted
-
-    async def _wait_idle(self) -> None:
-        """Wait for ``add_task`` tasks still running in request tasks."""
-        with self._lock:
-            idle = self._idle = anyio.Event() if self._active else None
-        if idle is not None:
-            await idle.wait()
+        await self._engine.close(drain)
 
     # -- submission ---------------------------------------------------------
 
@@ -264,21 +190,22 @@ class TaskManager(RequestTasks):
             ManagerNotRunningError: the manager is not entered, or is closing.
             TypeError: ``func`` is not a function the manager can run.
         """
+        engine = self._engine
         task_id = kwargs.pop("_task_id", None) if kwargs else None
-        record = self._new_record(func, args, kwargs, task_id, "spawn")
-        if threading.get_ident() != self._loop_thread:
-            record.run = capture(self._library)
-            if self._register(record, spawned=True):
-                anyio.from_thread.run_sync(self._launch, record, token=self._token)
-        elif self._slots is None:
+        record = engine.new_record(func, args, kwargs, task_id, "spawn")
+        if threading.get_ident() != engine.loop_thread:
+            record.run = capture(engine.library)
+            if engine.register(record, spawned=True):
+                anyio.from_thread.run_sync(engine.launch, record, token=engine.token)
+        elif engine.slots is None:
             # On the loop the task group copies the current context, which is
             # the submitter's: no copy of our own.
-            self._register(record, spawned=True)
-            self._start(record, None)
+            engine.register(record, spawned=True)
+            engine.start(record, None)
         else:
             record.run = capture(None)
-            if self._register(record, spawned=True):
-                self._launch(record)
+            if engine.register(record, spawned=True):
+                engine.launch(record)
         return TaskHandle(record)
 
     @overload
@@ -369,11 +296,12 @@ class TaskManager(RequestTasks):
                 "function: manager.add_task(background_tasks, func, *args), got "
                 f"{type(background_tasks).__name__}."
             )
+        engine = self._engine
         task_id = kwargs.pop("_task_id", None) if kwargs else None
-        record = self._new_record(func, args, kwargs, task_id, "add_task")
-        record.run = capture(self._library)
-        self._register(record, spawned=False)
-        background_tasks.add_task(tracked_wrapper(self._run_external, record, func))
+        record = engine.new_record(func, args, kwargs, task_id, "add_task")
+        record.run = capture(engine.library)
+        engine.register(record, spawned=False)
+        background_tasks.add_task(tracked_wrapper(engine.run_external, record, func))
         return TaskHandle(record)
 
     @overload
@@ -420,8 +348,9 @@ class TaskManager(RequestTasks):
 
     def get(self, task_id: str) -> TaskInfo | None:
         """Return a snapshot of the task, or None for an unknown (or dropped) id."""
-        with self._lock:
-            record = self._registry.get(task_id)
+        engine = self._engine
+        with engine.lock:
+            record = engine.registry.get(task_id)
             return None if record is None else record.snapshot()
 
     def list(
@@ -442,8 +371,9 @@ class TaskManager(RequestTasks):
         found: builtins.list[TaskInfo] = []
         if limit == 0:
             return found
-        with self._lock:
-            for record in self._registry.newest():
+        engine = self._engine
+        with engine.lock:
+            for record in engine.registry.newest():
                 if wanted is None or record.state is wanted:
                     found.append(record.snapshot())
                     if limit is not None and len(found) >= limit:
@@ -460,11 +390,12 @@ class TaskManager(RequestTasks):
         snapshot shows ``cancel_requested=True``, and if it returns or raises
         anyway it ends SUCCEEDED or FAILED.
         """
-        with self._lock:
-            record = self._registry.get(task_id)
+        engine = self._engine
+        with engine.lock:
+            record = engine.registry.get(task_id)
         if record is None:
             return False
-        return await self._cancel_record(record)
+        return await engine.cancel_record(record)
 
     async def wait(
         self,
@@ -478,14 +409,15 @@ class TaskManager(RequestTasks):
             TaskNotFoundError: unknown (or already dropped) id.
             TimeoutError: the task did not finish within ``timeout`` seconds.
         """
-        with self._lock:
-            record = self._registry.get(task_id)
+        engine = self._engine
+        with engine.lock:
+            record = engine.registry.get(task_id)
         if record is None:
             raise TaskNotFoundError(
                 f"no task with id {task_id!r}: it never existed, or its record "
                 "was dropped by retention (max_finished / finished_ttl)."
             )
-        return await self._wait_record(record, timeout)
+        return await engine.wait_record(record, timeout)
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` on every state change of every task.
@@ -499,22 +431,12 @@ class TaskManager(RequestTasks):
         Returns:
             A function that unsubscribes ``callback``.
         """
-        return self._subscribers.add(callback)
+        return self._engine.subscribers.add(callback)
 
     def __repr__(self) -> str:
-        state = "running" if self._accepting else "stopped"
+        engine = self._engine
+        state = "running" if engine.accepting else "stopped"
         return (
-            f"<TaskManager {state} active={self._active} records={len(self._registry)}>"
+            f"<TaskManager {state} active={engine.active} "
+            f"records={len(engine.registry)}>"
         )
-
-
-def _loop_scheduler(
-    token: EventLoopToken,
-) -> Callable[[Callable[[], object]], object]:
-    """Return the loop's thread-safe, non-blocking "call this soon"."""
-    # anyio >= 4.11 wraps the native token: an asyncio loop or a TrioToken.
-    native: Any = getattr(token, "native_token", token)
-    return cast(
-        "Callable[[Callable[[], object]], object]",
-        getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon,
-    )

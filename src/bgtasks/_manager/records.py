@@ -22,15 +22,15 @@ from typing_extensions import TypeVar
 if TYPE_CHECKING:
     from contextvars import Context
 
-    from .engine import ManagerCore
+    from .engine import Engine
 
 __all__ = [
     "MAX_ERROR_MESSAGE",
     "RESPONSE_NOT_SENT",
     "SYNC",
     "Cancellable",
+    "RecordView",
     "TaskError",
-    "TaskHandle",
     "TaskInfo",
     "TaskRecord",
     "TaskState",
@@ -186,14 +186,11 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-class TaskHandle(Generic[T_co]):
-    """What ``spawn`` and ``add_task`` return: the task's id, and shortcuts.
+class RecordView:
+    """The base of the public objects that show one task's record.
 
-    Generic in the task's return type, which the type checker takes from the
-    submitted function (an ``async def``'s awaited result).
-
-    The handle follows the task it was created for, even after retention
-    dropped its record from the manager (``info()`` then returns None).
+    ``TaskHandle`` (what a submitter holds) and ``TaskContext`` (what the
+    running task sees) share its id, its repr and the way they hold the record.
     """
 
     __slots__ = ("_record",)
@@ -206,24 +203,9 @@ class TaskHandle(Generic[T_co]):
         """The task's id, for ``manager.get``, ``cancel``, ``wait`` and URLs."""
         return self._record.id
 
-    def info(self) -> TaskInfo[T_co] | None:
-        """Return a snapshot of the task, or None once retention dropped it."""
-        return self._record.manager._info_of(self._record)  # pyright: ignore[reportPrivateUsage]
-
-    async def wait(self, *, timeout: float | None = None) -> TaskInfo[T_co]:
-        """Wait until the task is finished and return its final snapshot.
-
-        Raises:
-            TimeoutError: the task did not finish within ``timeout`` seconds.
-        """
-        return await self._record.manager._wait_record(self._record, timeout)  # pyright: ignore[reportPrivateUsage]
-
-    async def cancel(self) -> bool:
-        """Ask the task to stop; False if it had already finished."""
-        return await self._record.manager._cancel_record(self._record)  # pyright: ignore[reportPrivateUsage]
-
     def __repr__(self) -> str:
-        return f"<TaskHandle id={self._record.id!r} name={self._record.name!r}>"
+        record = self._record
+        return f"<{type(self).__name__} id={record.id!r} name={record.name!r}>"
 
 
 class Cancellable(Protocol):
@@ -255,7 +237,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
     are ``time.time()`` floats.
 
     The record is itself the coroutine the manager hands to anyio's
-    ``create_task``: awaiting it runs the call through its ``manager``. A
+    ``create_task``: awaiting it runs the call through its ``engine``. A
     pending task is then one object fewer for the garbage collector to walk
     than a record plus a coroutine, which is what kept the manager below
     0.8x of a raw task group's throughput on trio (docs/performance.md). It
@@ -268,11 +250,11 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         "attempt",
         "cancel_requested",
         "created",
+        "engine",
         "finished",
         "func",
         "id",
         "kwargs",
-        "manager",
         "name",
         "outcome",
         "owner",
@@ -285,7 +267,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
 
     def __init__(  # noqa: PLR0917 - the call's parts: no tuple kept per task
         self,
-        manager: ManagerCore,
+        engine: Engine,
         task_id: str,
         name: str,
         created: float,
@@ -294,7 +276,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         kwargs: dict[str, Any] | None,
         owner: object,
     ) -> None:
-        self.manager = manager
+        self.engine = engine
         self.id = task_id
         self.name = name
         self.state = TaskState.PENDING
@@ -316,7 +298,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
 
     def __await__(self) -> Generator[Any, None, object]:
         """Run the task through the manager (anyio's task handle awaits this)."""
-        return self.manager.run_launched(self).__await__()
+        return self.engine.run_launched(self).__await__()
 
     def send(self, value: object) -> Any:
         """Refused: a record is awaited, never driven step by step."""

@@ -86,7 +86,7 @@ class _Unrun:
         record = self.record
         # Read without the lock: a finalizer may run while this thread holds it.
         if record.state is TaskState.PENDING:
-            record.manager.abandon_soon(record)
+            record.engine.abandon_soon(record)
 
 
 def unwrap(func: object) -> object:
