@@ -1,7 +1,8 @@
 """Argument checks shared by the decorators and the TaskManager.
 
-One implementation, so "a number of seconds or a timedelta" means the same
-thing, with the same kind of message, wherever bgtasks takes a duration.
+One implementation each, so "a number of seconds or a timedelta" and "an
+int of at least N" mean the same thing, with the same kind of message,
+wherever bgtasks takes one.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 import numbers
 from datetime import timedelta
 
-__all__ = ["to_seconds"]
+__all__ = ["check_int", "to_seconds"]
 
 
 def to_seconds(
@@ -52,3 +53,18 @@ def to_seconds(
             f"{value!r}: write e.g. 30 or timedelta(minutes=5).{hint}"
         )
     return seconds
+
+
+def check_int(name: str, value: object, *, minimum: int, none_ok: bool = False) -> None:
+    """Refuse what is not an int (a bool is not) or is below ``minimum``.
+
+    Raises:
+        TypeError: ``value`` is not an int (``none_ok``: says "or None").
+        ValueError: ``value`` is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be an int{' or None' if none_ok else ''}, got {value!r}."
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}.")

@@ -15,10 +15,17 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["check_decoratable", "is_async_callable", "wrap_same_kind"]
+__all__ = ["check_decoratable", "is_async_callable", "unwrap_partial", "wrap_same_kind"]
 
 SyncFactory = Callable[[Callable[..., Any]], Callable[..., Any]]
 AsyncFactory = Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]
+
+
+def unwrap_partial(func: object) -> object:
+    """Return what ``func`` calls in the end, under any ``functools.partial``."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return func
 
 
 def is_async_callable(obj: object) -> bool:

@@ -35,6 +35,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .._context import running_task_var
+from .._wrap import unwrap_partial
 from .events import Subscribers, TaskEvent
 from .records import (
     RESPONSE_NOT_SENT,
@@ -47,7 +48,7 @@ from .records import (
 )
 from .registry import Registry, check_task_id
 from .slots import Slots, SlotWaiter
-from .submit import current_library, not_running, resolve, unwrap
+from .submit import current_library, not_running, resolve
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
@@ -602,7 +603,7 @@ def _logs_itself(func: Callable[..., Any]) -> bool:
     their function's); every ``@logged`` wrapper, and every wrapper stacked on
     it with ``functools.wraps``, carries ``__bgtasks_logged__``.
     """
-    return getattr(unwrap(func), "__bgtasks_logged__", False) is True
+    return getattr(unwrap_partial(func), "__bgtasks_logged__", False) is True
 
 
 def _switch(record: TaskRecord) -> Cancellable | None:

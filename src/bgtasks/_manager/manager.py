@@ -14,18 +14,14 @@ import anyio
 from starlette.background import BackgroundTasks
 from typing_extensions import ParamSpec, Self
 
-from .._validate import to_seconds
+from .._validate import check_int, to_seconds
 from ..exceptions import TaskNotFoundError
 from .current import TaskContext, current_task
 from .engine import Engine
 from .events import Subscriber
 from .handle import TaskHandle
 from .records import TaskInfo, TaskState
-from .submit import (
-    capture,
-    check_int,
-    tracked_wrapper,
-)
+from .submit import capture, tracked_wrapper
 
 __all__ = ["TaskContext", "TaskManager", "current_task"]
 

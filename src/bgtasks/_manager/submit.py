@@ -10,7 +10,7 @@ from collections.abc import Callable
 from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any
 
-from .._wrap import is_async_callable
+from .._wrap import is_async_callable, unwrap_partial
 from ..exceptions import ManagerNotRunningError
 from .records import SYNC, TaskRecord, TaskState
 
@@ -19,13 +19,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "capture",
-    "check_int",
     "current_library",
     "not_running",
     "resolve",
     "tracked_wrapper",
     "unsent",
-    "unwrap",
 ]
 
 
@@ -48,7 +46,7 @@ def tracked_wrapper(
     """
     # A partial, not a closure, so unsent() can recognise it in a request's tasks.
     wrapper = functools.partial(_run_tracked, run, _Unrun(record))
-    target = unwrap(func)
+    target = unwrap_partial(func)
     wrapper.__name__ = getattr(target, "__name__", record.name)  # type: ignore[attr-defined]
     wrapper.__qualname__ = record.name  # type: ignore[attr-defined]
     wrapper.__module__ = getattr(target, "__module__", None) or __name__
@@ -87,12 +85,6 @@ class _Unrun:
         # Read without the lock: a finalizer may run while this thread holds it.
         if record.state is TaskState.PENDING:
             record.engine.abandon_soon(record)
-
-
-def unwrap(func: object) -> object:
-    while isinstance(func, functools.partial):
-        func = func.func
-    return func
 
 
 def resolve(
@@ -188,7 +180,7 @@ def _describe(func: Callable[..., Any], method: str, key: object) -> tuple[str, 
     Raises:
         TypeError: not callable, or a generator function.
     """
-    target = unwrap(func)
+    target = unwrap_partial(func)
     if not callable(target):
         raise TypeError(
             f"{method}() needs a function to run, got {type(func).__name__} "
@@ -211,15 +203,6 @@ def _describe(func: Callable[..., Any], method: str, key: object) -> tuple[str, 
         _DESCRIPTIONS.clear()
     _DESCRIPTIONS[id(key)] = (ref, description)
     return description
-
-
-def check_int(name: str, value: object, *, minimum: int, none_ok: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be an int{' or None' if none_ok else ''}, got {value!r}."
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
 
 
 def not_running() -> ManagerNotRunningError:
