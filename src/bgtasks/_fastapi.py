@@ -15,8 +15,8 @@ from starlette.responses import Response
 from ._http import TaskEndpoints
 from ._lifespan import manager_from_app
 from ._manager import TaskManager
+from ._manager.background import unsent
 from ._manager.records import TaskState
-from ._manager.submit import unsent
 from ._routes import check_manager
 from ._tracked import TrackedBackgroundTasks
 

@@ -4,7 +4,8 @@
 - ``engine``: registration, launch, execution and state transitions;
 - ``records``: task states, snapshots (``TaskInfo``) and the mutable record;
 - ``registry``, ``slots``: retention, and ``max_concurrency``'s run slots;
-- ``events``: subscribers; ``submit``: checking and wrapping submissions;
+- ``events``: subscribers; ``submit``: checking submissions, capturing context;
+- ``background``: the wrapper ``add_task`` hands to ``BackgroundTasks``;
 - ``current``: ``current_task()``, what a running task sees of itself.
 """
 

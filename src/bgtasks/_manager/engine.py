@@ -36,6 +36,7 @@ from anyio.abc import TaskGroup
 
 from .._context import running_task_var
 from .._wrap import unwrap_partial
+from ..exceptions import ManagerNotRunningError
 from .events import Subscribers, TaskEvent
 from .records import (
     RESPONSE_NOT_SENT,
@@ -48,7 +49,7 @@ from .records import (
 )
 from .registry import Registry, check_task_id
 from .slots import Slots, SlotWaiter
-from .submit import current_library, not_running, resolve
+from .submit import current_library, resolve
 
 if TYPE_CHECKING:
     from anyio.lowlevel import EventLoopToken
@@ -621,4 +622,11 @@ def _loop_scheduler(
     return cast(
         "Callable[[Callable[[], object]], object]",
         getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon,
+    )
+
+
+def not_running() -> ManagerNotRunningError:
+    return ManagerNotRunningError(
+        "the TaskManager is not running: enter it first (`async with manager:`, "
+        "e.g. in the app's lifespan); it stops accepting tasks once it closes."
     )

@@ -16,12 +16,13 @@ from typing_extensions import ParamSpec, Self
 
 from .._validate import check_int, to_seconds
 from ..exceptions import TaskNotFoundError
+from .background import tracked_wrapper
 from .current import TaskContext, current_task
 from .engine import Engine
 from .events import Subscriber
 from .handle import TaskHandle
 from .records import TaskInfo, TaskState
-from .submit import capture, tracked_wrapper
+from .submit import capture
 
 __all__ = ["TaskContext", "TaskManager", "current_task"]
 
