@@ -153,10 +153,15 @@ class Engine:
         with self.lock:
             self.accepting = False
             idle = self._idle = anyio.Event() if self.active else None
-        if idle is not None:
-            # An add_task wrapper that a dropped request still holds in a
-            # reference cycle can never run: collect it, so its finalizer
-            # ends its record now instead of after the whole drain.
+            # Waiting with its captured context: maybe an add_task record
+            # whose wrapper a dropped request holds in a reference cycle.
+            unrun = idle is not None and any(
+                record.state is _PENDING and isinstance(record.run, Context)
+                for record in self.registry.active()
+            )
+        if unrun:
+            # Such a wrapper can never run: collect it, so its finalizer ends
+            # its record now instead of after the whole drain.
             gc.collect()
         interrupted: BaseException | None = None
         try:
