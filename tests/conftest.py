@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from bgtasks._core import ManagerCore
+from bgtasks._manager.engine import Engine
 
 # Real redis-server processes, for the tests of bgtasks.redis.
 pytest_plugins = ["conftest_redis"]
@@ -31,7 +31,7 @@ def task_handles(
     """
     if request.param and not hasattr(anyio, "TaskHandle"):
         pytest.skip("anyio < 4.14 has no task handles; the fallback is tested")
-    monkeypatch.setattr(ManagerCore, "_use_task_handles", request.param)
+    monkeypatch.setattr(Engine, "_use_task_handles", request.param)
     return bool(request.param)
 
 

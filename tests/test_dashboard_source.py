@@ -9,7 +9,7 @@ import pytest
 
 from bgtasks import TaskInfo, TaskManager, TaskState
 from bgtasks._dashboard.source import Page, TaskSource
-from bgtasks._records import TaskError
+from bgtasks._manager.records import TaskError
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -15,7 +15,7 @@ from fastapi import BackgroundTasks, Depends, FastAPI, Header, HTTPException
 from pydantic import BaseModel
 
 from bgtasks import TaskManager, TaskState
-from bgtasks._registry import TASK_ID_PATTERN
+from bgtasks._manager.registry import TASK_ID_PATTERN
 from bgtasks.exceptions import ManagerNotRunningError
 from bgtasks.fastapi import (
     TrackedBackgroundTasks,

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 import bgtasks.starlette
-from bgtasks import TaskManager, TaskState, current_task
+from bgtasks import TaskHandle, TaskManager, TaskState, current_task
 from bgtasks._lifespan import manager_from_app
 from bgtasks.exceptions import ManagerNotRunningError
 from bgtasks.starlette import TrackedBackgroundTasks, lifespan, task_router
@@ -64,6 +64,7 @@ def make_app(
     async def add(request: Request) -> JSONResponse:
         tasks = TrackedBackgroundTasks(manager)
         kind = request.query_params.get("kind", "ok")
+        handle: TaskHandle  # each kind returns another type
         if kind == "ok":
             handle = tasks.add_task(compute, 20, factor=2)
         elif kind == "fail":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import sys
+from collections.abc import Callable
 
 import anyio
 import anyio.to_thread
@@ -32,11 +33,11 @@ def read_sync() -> tuple[str, str]:
 
 # Not named "func": anyio 4.11's pytest runner passes the test function by that name.
 @pytest.mark.parametrize("task_fn", [read_async, read_sync], ids=["async", "sync"])
-async def test_context_is_captured_at_spawn(task_fn: object) -> None:
+async def test_context_is_captured_at_spawn(task_fn: Callable[[], object]) -> None:
     """The task sees the submitter's values; its own changes stay inside it."""
     async with TaskManager() as manager:
         token = request_id.set("req-1")
-        handle = manager.spawn(task_fn)  # type: ignore[arg-type]
+        handle = manager.spawn(task_fn)
         request_id.set("req-2")  # after submission: not seen by the task
         info = await handle.wait(timeout=5)
         request_id.reset(token)
@@ -45,13 +46,15 @@ async def test_context_is_captured_at_spawn(task_fn: object) -> None:
 
 
 @pytest.mark.parametrize("task_fn", [read_async, read_sync], ids=["async", "sync"])
-async def test_context_is_captured_in_a_worker_thread(task_fn: object) -> None:
+async def test_context_is_captured_in_a_worker_thread(
+    task_fn: Callable[[], object],
+) -> None:
     """Spawned from a sync endpoint's thread, the task sees that thread's values."""
     async with TaskManager() as manager:
 
-        def endpoint() -> TaskHandle:
+        def endpoint() -> TaskHandle[object]:
             request_id.set("from-thread")
-            return manager.spawn(task_fn)  # type: ignore[arg-type]
+            return manager.spawn(task_fn)
 
         handle = await anyio.to_thread.run_sync(endpoint)
         info = await handle.wait(timeout=5)
@@ -65,11 +68,13 @@ async def test_nested_spawn_has_its_own_current_task() -> None:
         async def parent() -> tuple[str, str]:
             child = manager.spawn(read_async)
             child_info = await child.wait(timeout=5)
+            assert child_info.result is not None
             return current_task().id, child_info.result[1]
 
         handle = manager.spawn(parent)
         info = await handle.wait(timeout=5)
     assert info.state == TaskState.SUCCEEDED
+    assert info.result is not None
     parent_id, child_id = info.result
     assert handle.id == parent_id
     assert child_id != parent_id
@@ -106,7 +111,7 @@ async def test_spawn_under_an_eager_task_factory() -> None:
             handle = manager.spawn(read_async)
             request_id.reset(token)
             info = await handle.wait(timeout=5)
-            record = manager._registry.get(handle.id)
+            record = manager._engine.registry.get(handle.id)
             assert record is not None
             assert record.run is None
     finally:
@@ -143,7 +148,7 @@ async def test_bound_methods_are_described_once_per_function(
     ``async def`` functions and methods need no entry at all: their name and
     kind are read straight off the function.
     """
-    from bgtasks import _submit
+    from bgtasks._manager import submit as _submit
 
     monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
     greeters = [_Greeter(str(n)) for n in range(3)]

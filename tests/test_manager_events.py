@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from bgtasks import TaskManager, TaskState
-from bgtasks._events import TaskEvent
+from bgtasks._manager.events import TaskEvent
 
 pytestmark = pytest.mark.anyio
 

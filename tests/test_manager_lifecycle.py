@@ -16,7 +16,7 @@ import pytest
 
 from bgtasks import TaskManager, TaskState, current_task
 from bgtasks._context import running_task_var
-from bgtasks._records import TaskError
+from bgtasks._manager.records import TaskError
 from bgtasks.exceptions import (
     ManagerNotRunningError,
     NoCurrentTaskError,
@@ -182,22 +182,30 @@ async def test_random_ids_are_unguessable_and_unique() -> None:
 
 
 async def test_given_id_rules() -> None:
-    """``_task_id`` is validated, refused while active, reusable once finished."""
+    """A given id is validated, refused while active, reusable once finished."""
     async with TaskManager() as manager:
         gate = anyio.Event()
-        first = manager.spawn(gate.wait, _task_id="nightly-report_1")
+        first = manager.spawn_with_id("nightly-report_1", gate.wait)
         assert first.id == "nightly-report_1"
         with pytest.raises(TaskAlreadyExistsError, match="nightly-report_1"):
-            manager.spawn(double, 1, _task_id="nightly-report_1")
+            manager.spawn_with_id("nightly-report_1", double, 1)
         gate.set()
         await first.wait(timeout=5)
-        second = manager.spawn(double, 1, _task_id="nightly-report_1")
+        second = manager.spawn_with_id("nightly-report_1", double, 1)
         assert (await second.wait(timeout=5)).result == 2
         assert first.info() is None  # replaced: the old handle sees nothing
         for bad in ["", "a/b", "x" * 129, "é", 7]:
             with pytest.raises(ValueError, match="_task_id"):
-                manager.spawn(double, 1, _task_id=bad)  # type: ignore[arg-type]
+                manager.spawn_with_id(bad, double, 1)  # type: ignore[call-overload]
         assert [second.id] == [i.id for i in manager.list()]
+
+
+async def test_task_id_keyword_still_works() -> None:
+    """``_task_id=``, untyped now, still names the task and is not passed on."""
+    async with TaskManager() as manager:
+        handle = manager.spawn(double, 4, _task_id="legacy-1")  # type: ignore[call-arg]
+        info = await handle.wait(timeout=5)
+    assert (info.id, info.result) == ("legacy-1", 8)
 
 
 async def test_get_list_and_limits() -> None:
@@ -277,7 +285,7 @@ async def test_submitting_what_cannot_run_is_refused() -> None:
 
     async with TaskManager() as manager:
         with pytest.raises(TypeError, match="needs a function"):
-            manager.spawn(42)  # type: ignore[arg-type]
+            manager.spawn(42)  # type: ignore[call-overload]
         with pytest.raises(TypeError, match="generator"):
             manager.spawn(gen)
         with pytest.raises(TypeError, match="generator"):
@@ -424,7 +432,7 @@ async def test_function_checks_are_cached_and_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The per-function cache empties itself when full."""
-    from bgtasks import _submit
+    from bgtasks._manager import submit as _submit
 
     monkeypatch.setattr(_submit, "_DESCRIPTIONS_MAX", 2)
     monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
@@ -439,7 +447,7 @@ async def test_a_function_leaves_the_cache_when_it_is_gone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The cache holds functions weakly, and forgets each one as it goes."""
-    from bgtasks import _submit
+    from bgtasks._manager import submit as _submit
 
     monkeypatch.setattr(_submit, "_DESCRIPTIONS", {})
     func = functools.partial(double, 1)
@@ -459,7 +467,7 @@ async def test_functions_without_weak_references_run_uncached(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A callable object that takes no weak reference is checked at every spawn."""
-    from bgtasks import _submit
+    from bgtasks._manager import submit as _submit
 
     class Doubler:
         __slots__ = ()
@@ -477,7 +485,7 @@ async def test_functions_without_weak_references_run_uncached(
 
 def test_a_record_is_awaited_never_driven() -> None:
     """The record handed to anyio as a coroutine refuses send() and throw()."""
-    from bgtasks._records import TaskRecord
+    from bgtasks._manager.records import TaskRecord
 
     record = TaskRecord(None, "id", "double", 0.0, double, (1,), None, None)  # type: ignore[arg-type]
     assert isinstance(record, collections.abc.Coroutine)
@@ -491,17 +499,19 @@ def test_a_record_is_awaited_never_driven() -> None:
 
 async def test_launch_of_a_cancelled_record_frees_its_slot() -> None:
     """A record cancelled between registration and launch gives its slot back."""
-    from bgtasks._records import TaskRecord
-    from bgtasks._submit import capture
+    from bgtasks._manager.records import TaskRecord
+    from bgtasks._manager.submit import capture
 
     async with TaskManager(max_concurrency=1) as manager:
-        record = TaskRecord(manager, "", "double", 0.0, double, (1,), None, None)
+        record = TaskRecord(
+            manager._engine, "", "double", 0.0, double, (1,), None, None
+        )
         record.run = capture(None)
-        assert manager._register(record, spawned=True)
-        assert await manager._cancel_record(record)
-        manager._launch(record)
-        assert manager._slots is not None
-        assert manager._slots.held == 0
+        assert manager._engine.register(record, spawned=True)
+        assert await manager._engine.cancel_record(record)
+        manager._engine.launch(record)
+        assert manager._engine.slots is not None
+        assert manager._engine.slots.held == 0
 
 
 def test_current_task_outside_a_task_raises() -> None:

@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from bgtasks import TaskManager, TaskState
-from bgtasks._records import TaskRecord
-from bgtasks._submit import capture
+from bgtasks._manager.records import TaskRecord
+from bgtasks._manager.submit import capture
 
 pytestmark = pytest.mark.anyio
 
@@ -49,7 +49,7 @@ async def test_oldest_finished_records_go_first() -> None:
 async def test_finishing_drops_records_in_batches_reads_see_the_limit() -> None:
     """Over ``max_finished``, finishing drops a batch; every read sees the limit."""
     async with TaskManager(max_finished=32) as manager:  # batches of 32 // 16 = 2
-        registry = manager._registry
+        registry = manager._engine.registry
         for _ in range(34):
             await manager.spawn(noop).wait(timeout=5)
         assert len(registry) == 34  # within the batch: nothing dropped yet
@@ -102,8 +102,8 @@ async def test_reused_ids_do_not_leak_queue_entries() -> None:
     async with TaskManager(max_finished=10_000) as manager:
         await manager.spawn(noop).wait(timeout=5)  # stays at the front
         for _ in range(500):
-            await manager.spawn(noop, _task_id="same").wait(timeout=5)
-        registry = manager._registry
+            await manager.spawn_with_id("same", noop).wait(timeout=5)
+        registry = manager._engine.registry
         assert len(registry) == 2
         assert len(registry._finished) <= 2 * 2 + 64 + 1
         assert registry.count(TaskState.SUCCEEDED) == 2
@@ -119,7 +119,7 @@ async def test_finish_times_follow_their_records_when_reused_ids_are_dropped() -
         early = await manager.spawn(noop).wait(timeout=5)  # at 1300
         for _ in range(200):  # enough replaced entries to rebuild the queue
             clock.now += 1
-            await manager.spawn(noop, _task_id="same").wait(timeout=5)  # to 1500
+            await manager.spawn_with_id("same", noop).wait(timeout=5)  # to 1500
         clock.now += 30
         late = await manager.spawn(noop).wait(timeout=5)  # at 1530
         clock.now = 1549  # ``early`` is 249 s old: kept, to the second
@@ -136,7 +136,7 @@ async def test_finish_times_stay_bounded_and_in_step() -> None:
     async with TaskManager(max_finished=10, finished_ttl=100, clock=clock) as manager:
         for _ in range(3000):
             await manager.spawn(noop).wait(timeout=5)
-        registry = manager._registry
+        registry = manager._engine.registry
         assert len(registry._finished) == 10
         assert len(registry._finished_at) - registry._first_time == 10
         assert len(registry._finished_at) <= 2 * 1024 + 10
@@ -163,7 +163,7 @@ async def test_finished_record_holds_no_arguments_or_frames() -> None:
         del payload
         gc.collect()
         assert ref() is None
-        record = manager._registry.get(info.id)
+        record = manager._engine.registry.get(info.id)
         assert record is not None
         assert record.run is None
     assert info.state == TaskState.FAILED
@@ -219,14 +219,14 @@ async def test_memory_per_finished_record_is_bounded() -> None:
         def fill(n: int) -> None:
             for _ in range(n):
                 record = TaskRecord(
-                    manager, "", "noop", time.time(), noop, (), None, None
+                    manager._engine, "", "noop", time.time(), noop, (), None, None
                 )
                 record.run = capture(None)
-                manager._register(record, spawned=False)
-                manager._finish(record, TaskState.SUCCEEDED, None)
+                manager._engine.register(record, spawned=False)
+                manager._engine._finish(record, TaskState.SUCCEEDED, None)
 
         per_record = _bytes_per_record(count, fill)
-        assert count == len(manager._registry)
+        assert count == len(manager._engine.registry)
     print(f"bytes per finished record (bookkeeping): {per_record:.0f}")
     assert per_record < 1000
 

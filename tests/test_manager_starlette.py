@@ -162,7 +162,7 @@ def test_task_never_run_ends_cancelled_at_close(backend: Backend) -> None:
 def test_wrapper_carries_the_function_name() -> None:
     """The wrapper handed to Starlette is async and named like the user's function."""
     manager = TaskManager()
-    manager._accepting = True  # registration only: no task group needed
+    manager._engine.accepting = True  # registration only: no task group needed
     tasks = BackgroundTasks()
     manager.add_task(tasks, make_thumbnail, "a")
     [task] = tasks.tasks
@@ -178,11 +178,11 @@ def test_add_task_checks_its_arguments() -> None:
     """The BackgroundTasks comes first; bad ids and a stopped manager are refused."""
     manager = TaskManager()
     with pytest.raises(TypeError, match="BackgroundTasks first"):
-        manager.add_task(send_welcome, BackgroundTasks())  # type: ignore[arg-type]
+        manager.add_task(send_welcome, BackgroundTasks())  # type: ignore[call-overload]
     with pytest.raises(ManagerNotRunningError):
         manager.add_task(BackgroundTasks(), send_welcome, "x")
     with pytest.raises(ValueError, match="_task_id must be"):
-        manager.add_task(BackgroundTasks(), send_welcome, "x", _task_id="a b")
+        manager.add_task_with_id(BackgroundTasks(), "a b", send_welcome, "x")
 
 
 @pytest.mark.anyio
@@ -272,8 +272,8 @@ async def test_tracked_task_with_a_free_slot_runs_at_once() -> None:
         handle = manager.add_task(tasks, send_welcome, "x")
         await tasks()
         info = await handle.wait(timeout=5)
-        assert manager._slots is not None
-        assert manager._slots.held == 0
+        assert manager._engine.slots is not None
+        assert manager._engine.slots.held == 0
     assert info.state == TaskState.SUCCEEDED
 
 

@@ -4,7 +4,7 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoints'
 annotations at run time, and some name closure variables (``max_page_size``).
 """
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Optional
 
@@ -15,8 +15,9 @@ from starlette.responses import Response
 from ._http import TaskEndpoints, check_manager
 from ._lifespan import manager_from_app
 from ._manager import TaskManager
-from ._records import TaskState
-from ._registry import TASK_ID_PATTERN
+from ._manager.background import unsent
+from ._manager.records import TaskState
+from ._manager.registry import TASK_ID_PATTERN
 from ._tracked import TrackedBackgroundTasks
 
 __all__ = [
@@ -73,6 +74,14 @@ class TaskInfoModel(BaseModel):
     message: Optional[str] = Field(description="The latest progress message.")  # noqa: UP045 - see TaskErrorModel
     attempt: int = Field(ge=1, description="The attempt number under bgtasks.retry.")
     cancel_requested: bool
+    cancel_reason: Optional[str] = Field(  # noqa: UP045 - see TaskErrorModel
+        default=None,
+        description='Why bgtasks cancelled the task itself: "response not sent".',
+    )
+    next_attempt_at: Optional[datetime] = Field(  # noqa: UP045 - see TaskErrorModel
+        default=None,
+        description="While bgtasks.retry waits between attempts: when the next starts.",
+    )
 
 
 class TaskListModel(BaseModel):
@@ -309,12 +318,15 @@ def task_tag(name: str = "tasks") -> dict[str, str]:
 
 def tracked_tasks(
     manager: TaskManager | None = None,
-) -> Callable[[Request, BackgroundTasks], Awaitable[TrackedBackgroundTasks]]:
+) -> Callable[[Request, BackgroundTasks], AsyncIterator[TrackedBackgroundTasks]]:
     """Build a dependency that gives the request's tracked ``BackgroundTasks``.
 
     Tasks added through it, through other dependencies and through a plain
     ``BackgroundTasks`` parameter all go to the request's one
-    ``BackgroundTasks`` and run after the response, in the order added.
+    ``BackgroundTasks`` and run after the response, in the order added. If
+    the request fails instead (the endpoint raises, even an
+    ``HTTPException``; the client is gone), they never run: the tracked ones
+    end CANCELLED with ``cancel_reason="response not sent"``.
 
     Args:
         manager: the task manager; by default the one that
@@ -337,12 +349,20 @@ def tracked_tasks(
     if manager is not None:
         check_manager(manager, "tracked_tasks")
 
-    # async, so FastAPI calls it on the loop instead of a worker thread.
+    # async, so FastAPI calls it on the loop instead of a worker thread; a
+    # yield dependency, so it sees the request fail.
     async def get_tracked_tasks(
         request: Request, background_tasks: BackgroundTasks
-    ) -> TrackedBackgroundTasks:
+    ) -> AsyncIterator[TrackedBackgroundTasks]:
         found = manager_from_app(request.app) if manager is None else manager
-        return TrackedBackgroundTasks(found, background_tasks)
+        try:
+            yield TrackedBackgroundTasks(found, background_tasks)
+        except BaseException:
+            # No background task runs after a failed request: end the tracked
+            # ones now, before the error response goes out.
+            for record in unsent(background_tasks):
+                record.engine.abandon(record)
+            raise
 
     return get_tracked_tasks
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from starlette.responses import JSONResponse
 
 from ._manager import TaskManager
-from ._records import TaskState
-from ._registry import TASK_ID_PATTERN
+from ._manager.records import TaskState
+from ._manager.registry import TASK_ID_PATTERN
 
 if TYPE_CHECKING:
-    from ._records import TaskInfo
+    from ._manager.records import TaskInfo
 
 __all__ = [
     "TaskEndpoints",

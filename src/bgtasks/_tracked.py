@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, overload
 
 from starlette.background import BackgroundTasks
+from typing_extensions import ParamSpec
 
 from ._manager import TaskManager
-from ._records import TaskHandle
+from ._manager.handle import TaskHandle
 from ._routes import check_manager
 
 __all__ = ["TrackedBackgroundTasks"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class TrackedBackgroundTasks:
@@ -19,9 +23,10 @@ class TrackedBackgroundTasks:
 
     ``add_task`` has the signature of ``BackgroundTasks.add_task`` but records
     the task in the manager (PENDING at once) and returns its
-    :class:`~bgtasks.TaskHandle`. The task still runs when Starlette runs the
-    request's background tasks, after the response, in the order added,
-    together with the untracked tasks of the same ``BackgroundTasks``.
+    :class:`~bgtasks.TaskHandle`; ``add_task_with_id`` chooses the id. The
+    task still runs when Starlette runs the request's background tasks, after
+    the response, in the order added, together with the untracked tasks of
+    the same ``BackgroundTasks``.
 
     Args:
         manager: the application's task manager.
@@ -49,23 +54,53 @@ class TrackedBackgroundTasks:
             BackgroundTasks() if background_tasks is None else background_tasks
         )
 
+    @overload
     def add_task(
         self,
-        func: Callable[..., Any],
+        func: Callable[P, Coroutine[Any, Any, T]],
         /,
-        *args: Any,
-        _task_id: str | None = None,
-        **kwargs: Any,
-    ) -> TaskHandle:
-        """Add ``func(*args, **kwargs)`` as a tracked task (``_task_id=`` as in spawn).
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def add_task(
+        self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    def add_task(
+        self, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> TaskHandle[Any]:
+        """Add ``func(*args, **kwargs)`` as a tracked task (arguments type-checked).
 
         Raises:
             ManagerNotRunningError: the manager is not running.
-            TaskAlreadyExistsError: ``_task_id`` belongs to an active task.
-            ValueError: ``_task_id`` is malformed.
         """
-        return self.manager.add_task(
-            self.background_tasks, func, *args, _task_id=_task_id, **kwargs
+        return self.manager.add_task(self.background_tasks, func, *args, **kwargs)
+
+    @overload
+    def add_task_with_id(
+        self,
+        task_id: str,
+        func: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def add_task_with_id(
+        self, task_id: str, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    def add_task_with_id(
+        self, task_id: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> TaskHandle[Any]:
+        """:meth:`add_task`, with the task's id chosen by the caller.
+
+        Raises:
+            ManagerNotRunningError: the manager is not running.
+            TaskAlreadyExistsError: ``task_id`` belongs to an active task.
+            ValueError: ``task_id`` is malformed.
+        """
+        return self.manager.add_task_with_id(
+            self.background_tasks, task_id, func, *args, **kwargs
         )
 
     def __repr__(self) -> str:

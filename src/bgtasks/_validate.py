@@ -1,7 +1,8 @@
 """Argument checks shared by the decorators and the TaskManager.
 
-One implementation, so "a number of seconds or a timedelta" means the same
-thing, with the same kind of message, wherever bgtasks takes a duration.
+One implementation each, so "a number of seconds or a timedelta" and "an
+int of at least N" mean the same thing, with the same kind of message,
+wherever bgtasks takes one.
 """
 
 from __future__ import annotations

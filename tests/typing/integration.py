@@ -1,8 +1,10 @@
 """Checked by mypy and pyright, never run: the Starlette/FastAPI glue's types."""
 
+# pyright: reportUnnecessaryTypeIgnoreComment=true
+
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated
 
@@ -45,7 +47,8 @@ FastAPI(lifespan=lifespan(manager, own_lifespan))
 
 dependency = tracked_tasks(manager)
 assert_type(
-    dependency, Callable[[Request, BackgroundTasks], Awaitable[TrackedBackgroundTasks]]
+    dependency,
+    Callable[[Request, BackgroundTasks], AsyncIterator[TrackedBackgroundTasks]],
 )
 Tasks = Annotated[TrackedBackgroundTasks, Depends(dependency)]
 
@@ -55,8 +58,11 @@ def send(email: str, *, subject: str = "") -> None: ...
 
 def endpoint(tasks: TrackedTasks, other: Tasks) -> str:
     handle = tasks.add_task(send, "ada@example.com", subject="hi")
-    assert_type(handle, TaskHandle)
-    assert_type(other.add_task(send, "x", _task_id="report-1"), TaskHandle)
+    assert_type(handle, TaskHandle[None])
+    assert_type(other.add_task_with_id("report-1", send, "x"), TaskHandle[None])
+    tasks.add_task(send, 3)  # type: ignore[call-overload]
+    tasks.add_task(send, "x", subjet="hi")  # type: ignore[arg-type, call-arg]
+    other.add_task_with_id("report-2", send)  # type: ignore[call-overload]
     assert_type(tasks.background_tasks, StarletteBackgroundTasks)
     return handle.id
 

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._records import TaskInfo, TaskState
+from .._manager.records import TaskInfo, TaskState
 from .feed import ChangeFeed, EventStream
 from .source import CancelOutcome, Stats, TaskSource
 

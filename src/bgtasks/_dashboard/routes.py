@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from .._manager import TaskManager
-from .._routes import check_manager
+from .._http import check_manager
 from .endpoints import Dashboard
 from .source import TaskSource
 

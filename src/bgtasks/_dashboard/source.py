@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._records import TaskInfo, TaskState
+from .._manager.records import TaskInfo, TaskState
 
 if TYPE_CHECKING:
     from .._events import TaskEvent

@@ -1,33 +1,31 @@
-"""``current_task()``: what a running task can tell its manager about itself."""
+"""``current_task()``: what a running task can tell its manager about itself.
+
+``TaskContext`` lives here, in the manager package, not beside the context
+variables in ``bgtasks._context``: that module is what the decorators see of
+a running task, and must not import the manager; a TaskContext is a view of
+the manager's own record.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import cast
 
-from ._context import running_task_var
-from ._records import TaskRecord
-from .exceptions import NoCurrentTaskError
+from .._context import running_task_var
+from ..exceptions import NoCurrentTaskError
+from .records import RecordView, TaskRecord
 
 __all__ = ["TaskContext", "current_task"]
 
 
-class TaskContext:
+class TaskContext(RecordView):
     """The running task, as seen from inside it (returned by ``current_task()``).
 
     Safe to use from the task's worker thread: sync tasks report progress from
     there.
     """
 
-    __slots__ = ("_record",)
-
-    def __init__(self, record: TaskRecord) -> None:
-        self._record = record
-
-    @property
-    def id(self) -> str:
-        """The task's id."""
-        return self._record.id
+    __slots__ = ()
 
     @property
     def name(self) -> str:
@@ -85,9 +83,6 @@ class TaskContext:
     def record_attempt(self, attempt: int) -> None:
         """Record the attempt number ``bgtasks.retry`` is starting."""
         self._record.record_attempt(attempt)
-
-    def __repr__(self) -> str:
-        return f"<TaskContext id={self._record.id!r} name={self._record.name!r}>"
 
 
 def current_task() -> TaskContext:

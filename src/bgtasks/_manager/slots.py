@@ -12,7 +12,7 @@ from collections import deque
 
 import anyio
 
-from ._records import TaskRecord, TaskState
+from .records import TaskRecord, TaskState
 
 __all__ = ["SlotWaiter", "Slots"]
 

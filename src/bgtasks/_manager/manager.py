@@ -4,37 +4,33 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, TypeVar, cast, overload
 
 import anyio
-import anyio.lowlevel
 from starlette.background import BackgroundTasks
-from typing_extensions import Self
+from typing_extensions import ParamSpec, Self
 
-from ._events import Subscriber
-from ._external import RequestTasks
-from ._paging import TaskList, decode_cursor, encode_cursor
-from ._records import TaskHandle, TaskInfo, TaskState
-from ._running import TaskContext, current_task
-from ._submit import (
-    capture,
-    check_int,
-    current_library,
-    tracked_wrapper,
-)
-from ._validate import to_seconds
-from .exceptions import TaskNotFoundError
-
-if TYPE_CHECKING:
-    from anyio.lowlevel import EventLoopToken
+from .._validate import check_int, to_seconds
+from ..exceptions import TaskNotFoundError
+from .paging import TaskList, decode_cursor, encode_cursor
+from .background import tracked_wrapper
+from .current import TaskContext, current_task
+from .engine import Engine
+from .events import Subscriber
+from .handle import TaskHandle
+from .records import TaskInfo, TaskState
+from .submit import capture
 
 __all__ = ["TaskContext", "TaskManager", "current_task"]
 
+P = ParamSpec("P")
+T = TypeVar("T")
 
-class TaskManager(RequestTasks):
+
+class TaskManager:
     """Run background tasks you can look up, wait for and cancel by id.
 
     Tasks run in the manager's own anyio task group: ``async def`` functions on
@@ -55,7 +51,8 @@ class TaskManager(RequestTasks):
             recording it, as plain Starlette does (which skips the request's
             remaining background tasks). Spawned tasks never re-raise.
         log_failures: log each failed task on the ``bgtasks`` logger at ERROR
-            with its traceback (never its arguments).
+            with its traceback (never its arguments), unless the task is
+            ``@logged``, which logged it already.
         clock: monotonic seconds, for retention by age; tests pass a fake.
 
     Raises:
@@ -100,7 +97,7 @@ class TaskManager(RequestTasks):
                 f"clock must be a callable returning monotonic seconds (like "
                 f"time.monotonic), got {type(clock).__name__}."
             )
-        super().__init__(
+        self._engine = Engine(
             max_concurrency=max_concurrency,
             max_finished=max_finished,
             finished_ttl=ttl,
@@ -109,16 +106,13 @@ class TaskManager(RequestTasks):
             clock=clock,
         )
         self._drain_timeout = drain
-        self._owner: object = None
-        self._token: EventLoopToken | None = None
-        self._library: str | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
     @property
     def running(self) -> bool:
         """True from ``async with manager:`` until its close begins."""
-        return self._accepting
+        return self._engine.accepting
 
     async def __aenter__(self) -> Self:
         """Start the manager's task group; a closed manager may be entered again.
@@ -126,24 +120,7 @@ class TaskManager(RequestTasks):
         Raises:
             RuntimeError: the manager is already running.
         """
-        if self._tg is not None:
-            raise RuntimeError(
-                "this TaskManager is already running: enter it once (one "
-                "`async with manager:` at a time), or create another manager."
-            )
-        tg = anyio.create_task_group()
-        self._tg = tg
-        try:
-            await tg.__aenter__()
-        except BaseException:  # pragma: no cover - anyio failing to start a group
-            self._tg = None
-            raise
-        self._owner = anyio.get_current_task().id
-        self._loop_thread = threading.get_ident()
-        self._token = anyio.lowlevel.current_token()
-        self._library = current_library()
-        with self._lock:
-            self._accepting = True
+        await self._engine.open()
         return self
 
     async def __aexit__(
@@ -153,7 +130,7 @@ class TaskManager(RequestTasks):
         tb: TracebackType | None,
     ) -> None:
         """Drain for ``drain_timeout`` (no drain if the body raised), then cancel."""
-        await self._close(0.0 if exc_type is not None else self._drain_timeout)
+        await self._engine.close(0.0 if exc_type is not None else self._drain_timeout)
 
     async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a drain period, not a deadline
         """Stop accepting tasks, wait for them up to ``timeout``, cancel the rest.
@@ -172,124 +149,142 @@ class TaskManager(RequestTasks):
             if timeout is None
             else to_seconds(timeout, "aclose(timeout=...)", finite=False, zero_ok=True)
         )
-        await self._close(drain)
-
-    async def _close(self, drain: float) -> None:
-        tg = self._tg
-        if tg is None:
-            return  # never entered, or already closed
-        if anyio.get_current_task().id != self._owner:
-            raise RuntimeError(
-                "close the TaskManager from the task that entered it (anyio task "
-                "groups require it): leave its `async with` block, or call "
-                "aclose() where it was entered, e.g. at the end of the lifespan."
-            )
-        self._owner = None
-        with self._lock:
-            self._accepting = False
-            idle = self._idle = anyio.Event() if self._active else None
-        interrupted: BaseException | None = None
-        try:
-            if idle is not None and drain > 0:
-                with anyio.move_on_after(drain):
-                    await idle.wait()
-        except BaseException as error:  # cancelled while draining: still clean up
-            interrupted = error
-        await self._cancel_all()
-        tg.cancel_scope.cancel()
-        try:
-            # Not handed the body's exception: it propagates as is, not grouped.
-            await tg.__aexit__(None, None, None)
-        finally:
-            self._tg = None
-            self._loop_thread = None
-            with anyio.CancelScope(shield=True):
-                await self._wait_idle()
-            self._idle = None
-        if interrupted is not None:  # pragma: no cover - the group re-raised it first
-            raise interrupted
-
-    async def _wait_idle(self) -> None:
-        """Wait for ``add_task`` tasks still running in request tasks."""
-        with self._lock:
-            idle = self._idle = anyio.Event() if self._active else None
-        if idle is not None:
-            await idle.wait()
+        await self._engine.close(drain)
 
     # -- submission ---------------------------------------------------------
 
+    @overload
     def spawn(
         self,
-        func: Callable[..., Any],
+        func: Callable[P, Coroutine[Any, Any, T]],
         /,
-        *args: Any,
-        _task_id: str | None = None,
-        **kwargs: Any,
-    ) -> TaskHandle:
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def spawn(
+        self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    def spawn(
+        self, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> TaskHandle[Any]:
         """Start ``func(*args, **kwargs)`` as a tracked task; return at once.
 
         Safe from the event loop and from worker threads. The task runs with a
-        copy of the caller's context variables.
+        copy of the caller's context variables. Type checkers check the
+        arguments against ``func`` and give ``TaskHandle[T]``, ``T`` being
+        what ``func`` returns (an ``async def``: what it returns when awaited).
 
         Args:
             func: an ``async def`` function (run on the loop) or a plain
                 function (run in a worker thread).
             *args: positional arguments for ``func``.
-            _task_id: the task's id (``A-Z a-z 0-9 _ -``, 1 to 128 characters);
-                default: a random, unguessable one.
+            **kwargs: keyword arguments for ``func``. The task gets a random,
+                unguessable id; to choose it, use :meth:`spawn_with_id`
+                (``_task_id=...`` still works here, untyped).
+
+        Raises:
+            ManagerNotRunningError: the manager is not entered, or is closing.
+            TypeError: ``func`` is not a function the manager can run.
+        """
+        engine = self._engine
+        task_id = kwargs.pop("_task_id", None) if kwargs else None
+        record = engine.new_record(func, args, kwargs, task_id, "spawn")
+        if threading.get_ident() != engine.loop_thread:
+            record.run = capture(engine.library)
+            if engine.register(record, spawned=True):
+                anyio.from_thread.run_sync(engine.launch, record, token=engine.token)
+        elif engine.slots is None:
+            # On the loop the task group copies the current context, which is
+            # the submitter's: no copy of our own.
+            engine.register(record, spawned=True)
+            engine.start(record, None)
+        else:
+            record.run = capture(None)
+            if engine.register(record, spawned=True):
+                engine.launch(record)
+        return TaskHandle(record)
+
+    @overload
+    def spawn_with_id(
+        self,
+        task_id: str,
+        func: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def spawn_with_id(
+        self, task_id: str, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    def spawn_with_id(
+        self, task_id: str, func: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> TaskHandle[Any]:
+        """:meth:`spawn`, with the task's id chosen by the caller.
+
+        Args:
+            task_id: ``A-Z a-z 0-9 _ -``, 1 to 128 characters; free again
+                once the task with that id has finished.
+            func: as in :meth:`spawn`.
+            *args: positional arguments for ``func``.
             **kwargs: keyword arguments for ``func``.
 
         Raises:
             ManagerNotRunningError: the manager is not entered, or is closing.
-            TaskAlreadyExistsError: ``_task_id`` belongs to an active task.
+            TaskAlreadyExistsError: ``task_id`` belongs to an active task.
             TypeError: ``func`` is not a function the manager can run.
-            ValueError: ``_task_id`` is malformed.
+            ValueError: ``task_id`` is malformed.
         """
-        record = self._new_record(func, args, kwargs, _task_id, "spawn")
-        if threading.get_ident() != self._loop_thread:
-            record.run = capture(self._library)
-            if self._register(record, spawned=True):
-                anyio.from_thread.run_sync(self._launch, record, token=self._token)
-        elif self._slots is None:
-            # On the loop the task group copies the current context, which is
-            # the submitter's: no copy of our own.
-            self._register(record, spawned=True)
-            self._start(record, None)
-        else:
-            record.run = capture(None)
-            if self._register(record, spawned=True):
-                self._launch(record)
-        return TaskHandle(record)
+        kwargs["_task_id"] = task_id
+        return self.spawn(func, *args, **kwargs)
 
+    @overload
+    def add_task(
+        self,
+        background_tasks: BackgroundTasks,
+        func: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def add_task(
+        self,
+        background_tasks: BackgroundTasks,
+        func: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
     def add_task(
         self,
         background_tasks: BackgroundTasks,
         func: Callable[..., Any],
         /,
         *args: Any,
-        _task_id: str | None = None,
         **kwargs: Any,
-    ) -> TaskHandle:
+    ) -> TaskHandle[Any]:
         """Track ``func`` on the request's own ``BackgroundTasks``.
 
         The task is recorded as PENDING at once and runs when Starlette runs the
         request's background tasks, after the response. A task that fails is
         recorded and logged, and the request's next background tasks still run
-        (unless ``propagate_errors=True``). If it never gets to run, it ends
-        CANCELLED when the manager closes.
+        (unless ``propagate_errors=True``). If the response is never sent (the
+        endpoint raised, the response went out without these background
+        tasks, the client was gone), it never runs: it ends CANCELLED, with
+        ``cancel_reason="response not sent"``.
 
         Args:
             background_tasks: Starlette's (or FastAPI's) ``BackgroundTasks``.
             func: the task function, sync or async.
             *args: positional arguments for ``func``.
-            _task_id: as in :meth:`spawn`.
-            **kwargs: keyword arguments for ``func``.
+            **kwargs: keyword arguments for ``func``; the id is chosen as in
+                :meth:`spawn` (see :meth:`add_task_with_id`).
 
         Raises:
             ManagerNotRunningError: the manager is not entered, or is closing.
-            TaskAlreadyExistsError: ``_task_id`` belongs to an active task.
             TypeError: wrong argument types (the BackgroundTasks comes first).
-            ValueError: ``_task_id`` is malformed.
         """
         tasks = cast("object", background_tasks)  # checked at run time: a common mix-up
         if not isinstance(tasks, BackgroundTasks):
@@ -298,18 +293,61 @@ class TaskManager(RequestTasks):
                 "function: manager.add_task(background_tasks, func, *args), got "
                 f"{type(background_tasks).__name__}."
             )
-        record = self._new_record(func, args, kwargs, _task_id, "add_task")
-        record.run = capture(self._library)
-        self._register(record, spawned=False)
-        background_tasks.add_task(tracked_wrapper(self._run_external, record, func))
+        engine = self._engine
+        task_id = kwargs.pop("_task_id", None) if kwargs else None
+        record = engine.new_record(func, args, kwargs, task_id, "add_task")
+        record.run = capture(engine.library)
+        engine.register(record, spawned=False)
+        background_tasks.add_task(tracked_wrapper(engine.run_external, record, func))
         return TaskHandle(record)
+
+    @overload
+    def add_task_with_id(
+        self,
+        background_tasks: BackgroundTasks,
+        task_id: str,
+        func: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    @overload
+    def add_task_with_id(
+        self,
+        background_tasks: BackgroundTasks,
+        task_id: str,
+        func: Callable[P, T],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskHandle[T]: ...
+    def add_task_with_id(
+        self,
+        background_tasks: BackgroundTasks,
+        task_id: str,
+        func: Callable[..., Any],
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> TaskHandle[Any]:
+        """:meth:`add_task`, with the task's id chosen as in :meth:`spawn_with_id`.
+
+        Raises:
+            ManagerNotRunningError: the manager is not entered, or is closing.
+            TaskAlreadyExistsError: ``task_id`` belongs to an active task.
+            TypeError: wrong argument types (the BackgroundTasks comes first).
+            ValueError: ``task_id`` is malformed.
+        """
+        kwargs["_task_id"] = task_id
+        return self.add_task(background_tasks, func, *args, **kwargs)
 
     # -- queries ------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskInfo | None:
         """Return a snapshot of the task, or None for an unknown (or dropped) id."""
-        with self._lock:
-            record = self._registry.get(task_id)
+        engine = self._engine
+        with engine.lock:
+            record = engine.registry.get(task_id)
             return None if record is None else record.snapshot()
 
     def list(
@@ -346,7 +384,7 @@ class TaskManager(RequestTasks):
         wanted = None if state is None else TaskState(state)
         if limit is not None:
             check_int("limit", limit, minimum=0)
-        registry = self._registry
+        registry = self._engine.registry
         before = None
         if after is not None:
             before = decode_cursor(after, registry.epoch)
@@ -357,7 +395,8 @@ class TaskManager(RequestTasks):
                 )
         if limit == 0:
             return TaskList()
-        with self._lock:
+        engine = self._engine
+        with engine.lock:
             records, next_seq = registry.page(wanted, limit, before)
             infos = [record.snapshot() for record in records]
         return TaskList(
@@ -374,11 +413,12 @@ class TaskManager(RequestTasks):
         snapshot shows ``cancel_requested=True``, and if it returns or raises
         anyway it ends SUCCEEDED or FAILED.
         """
-        with self._lock:
-            record = self._registry.get(task_id)
+        engine = self._engine
+        with engine.lock:
+            record = engine.registry.get(task_id)
         if record is None:
             return False
-        return await self._cancel_record(record)
+        return await engine.cancel_record(record)
 
     async def wait(
         self,
@@ -392,14 +432,15 @@ class TaskManager(RequestTasks):
             TaskNotFoundError: unknown (or already dropped) id.
             TimeoutError: the task did not finish within ``timeout`` seconds.
         """
-        with self._lock:
-            record = self._registry.get(task_id)
+        engine = self._engine
+        with engine.lock:
+            record = engine.registry.get(task_id)
         if record is None:
             raise TaskNotFoundError(
                 f"no task with id {task_id!r}: it never existed, or its record "
                 "was dropped by retention (max_finished / finished_ttl)."
             )
-        return await self._wait_record(record, timeout)
+        return await engine.wait_record(record, timeout)
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` on every state change of every task.
@@ -413,10 +454,12 @@ class TaskManager(RequestTasks):
         Returns:
             A function that unsubscribes ``callback``.
         """
-        return self._subscribers.add(callback)
+        return self._engine.subscribers.add(callback)
 
     def __repr__(self) -> str:
-        state = "running" if self._accepting else "stopped"
+        engine = self._engine
+        state = "running" if engine.accepting else "stopped"
         return (
-            f"<TaskManager {state} active={self._active} records={len(self._registry)}>"
+            f"<TaskManager {state} active={engine.active} "
+            f"records={len(engine.registry)}>"
         )

@@ -1,4 +1,4 @@
-"""Checking what is submitted to a TaskManager, and wrapping it for Starlette."""
+"""Checking what is submitted to a TaskManager, and capturing its context."""
 
 from __future__ import annotations
 
@@ -10,50 +10,13 @@ from collections.abc import Callable
 from types import FunctionType, MethodType
 from typing import Any
 
-from ._records import SYNC, TaskRecord
-from ._wrap import is_async_callable
-from .exceptions import ManagerNotRunningError
+from .._wrap import is_async_callable, unwrap_partial
+from .records import SYNC
 
-__all__ = [
-    "capture",
-    "check_int",
-    "current_library",
-    "not_running",
-    "resolve",
-    "tracked_wrapper",
-    "unwrap",
-]
+__all__ = ["capture", "current_library", "resolve"]
 
 
 _CO_COROUTINE = inspect.CO_COROUTINE
-
-
-def tracked_wrapper(
-    run: Callable[[TaskRecord], Any], record: TaskRecord, func: Callable[..., Any]
-) -> Callable[[], Any]:
-    """Return the ``async def`` that ``add_task`` hands to ``BackgroundTasks``.
-
-    It is always a coroutine function, so Starlette awaits it on the loop (the
-    manager sends sync functions to a worker thread itself), and it carries the
-    user function's name, qualname, module and docstring: FastAPI's spans and
-    log lines name the background task by them.
-    """
-
-    async def run_tracked() -> None:
-        await run(record)
-
-    target = unwrap(func)
-    run_tracked.__name__ = getattr(target, "__name__", record.name)
-    run_tracked.__qualname__ = record.name
-    run_tracked.__module__ = getattr(target, "__module__", None) or __name__
-    run_tracked.__doc__ = getattr(target, "__doc__", None)
-    return run_tracked
-
-
-def unwrap(func: object) -> object:
-    while isinstance(func, functools.partial):
-        func = func.func
-    return func
 
 
 def resolve(
@@ -149,7 +112,7 @@ def _describe(func: Callable[..., Any], method: str, key: object) -> tuple[str, 
     Raises:
         TypeError: not callable, or a generator function.
     """
-    target = unwrap(func)
+    target = unwrap_partial(func)
     if not callable(target):
         raise TypeError(
             f"{method}() needs a function to run, got {type(func).__name__} "
@@ -172,19 +135,3 @@ def _describe(func: Callable[..., Any], method: str, key: object) -> tuple[str, 
         _DESCRIPTIONS.clear()
     _DESCRIPTIONS[id(key)] = (ref, description)
     return description
-
-
-def check_int(name: str, value: object, *, minimum: int, none_ok: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be an int{' or None' if none_ok else ''}, got {value!r}."
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}.")
-
-
-def not_running() -> ManagerNotRunningError:
-    return ManagerNotRunningError(
-        "the TaskManager is not running: enter it first (`async with manager:`, "
-        "e.g. in the app's lifespan); it stops accepting tasks once it closes."
-    )

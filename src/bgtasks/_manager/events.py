@@ -17,8 +17,8 @@ from typing import Any, TypeAlias
 
 import anyio
 
-from ._records import TaskInfo, TaskState
-from ._wrap import is_async_callable
+from .._wrap import is_async_callable
+from .records import TaskInfo, TaskState
 
 __all__ = ["Subscriber", "Subscribers", "TaskEvent"]
 

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from typing import cast
 
-from ._records import TaskInfo
+from .records import TaskInfo
 
 __all__ = ["TaskList", "decode_cursor", "encode_cursor"]
 

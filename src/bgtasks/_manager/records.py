@@ -15,27 +15,36 @@ import json
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol
+
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from contextvars import Context
 
-    from ._core import ManagerCore
+    from .engine import Engine
 
 __all__ = [
     "MAX_ERROR_MESSAGE",
+    "RESPONSE_NOT_SENT",
     "SYNC",
     "Cancellable",
+    "RecordView",
     "TaskError",
-    "TaskHandle",
     "TaskInfo",
     "TaskRecord",
     "TaskState",
     "error_of",
 ]
 
+# What a task returns: TaskInfo[T].result is a T (or None); unknown: Any.
+T_co = TypeVar("T_co", covariant=True, default=Any)
+
 # Longer error messages are cut, so a finished record's size stays bounded.
 MAX_ERROR_MESSAGE = 2000
+
+# The cancel reason of an ``add_task`` task whose request never ran it.
+RESPONSE_NOT_SENT = "response not sent"
 
 _NOT_DRIVEN = (
     "a TaskRecord runs when awaited (as anyio's task handle does); it cannot "
@@ -89,8 +98,12 @@ def error_of(exc: BaseException) -> TaskError:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskInfo:
+class TaskInfo(Generic[T_co]):
     """An immutable snapshot of one task, as ``TaskManager.get`` returns it.
+
+    Generic in the task's return type: a ``TaskHandle[T]`` gives
+    ``TaskInfo[T]``, whose ``result`` is a ``T`` or None (``TaskInfo`` alone
+    is ``TaskInfo[Any]``).
 
     Attributes:
         id: the task's id.
@@ -105,6 +118,12 @@ class TaskInfo:
         message: the last progress message.
         attempt: 1, or the attempt ``bgtasks.retry`` reported.
         cancel_requested: a cancel was asked for (the task may still be running).
+        cancel_reason: why bgtasks cancelled a CANCELLED task on its own, else
+            None: ``"response not sent"`` for an ``add_task`` task whose
+            request ended without running its background tasks (the endpoint
+            raised, the response went out without them, the client was gone).
+        next_attempt_at: while ``bgtasks.retry`` waits between attempts, when
+            the next one starts (timezone-aware UTC); else None.
     """
 
     id: str
@@ -113,12 +132,14 @@ class TaskInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    result: Any
+    result: T_co | None
     error: TaskError | None
     progress: float | None
     message: str | None
     attempt: int
     cancel_requested: bool
+    cancel_reason: str | None = None
+    next_attempt_at: datetime | None = None
 
     def to_dict(self, *, include_error_message: bool = True) -> dict[str, Any]:
         """Return a JSON-serializable dict of this snapshot.
@@ -149,6 +170,8 @@ class TaskInfo:
             "message": self.message,
             "attempt": self.attempt,
             "cancel_requested": self.cancel_requested,
+            "cancel_reason": self.cancel_reason,
+            "next_attempt_at": _iso(self.next_attempt_at),
         }
         try:
             json.dumps(self.result, allow_nan=False)
@@ -163,11 +186,11 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-class TaskHandle:
-    """What ``spawn`` and ``add_task`` return: the task's id, and shortcuts.
+class RecordView:
+    """The base of the public objects that show one task's record.
 
-    The handle follows the task it was created for, even after retention
-    dropped its record from the manager (``info()`` then returns None).
+    ``TaskHandle`` (what a submitter holds) and ``TaskContext`` (what the
+    running task sees) share its id, its repr and the way they hold the record.
     """
 
     __slots__ = ("_record",)
@@ -180,24 +203,9 @@ class TaskHandle:
         """The task's id, for ``manager.get``, ``cancel``, ``wait`` and URLs."""
         return self._record.id
 
-    def info(self) -> TaskInfo | None:
-        """Return a snapshot of the task, or None once retention dropped it."""
-        return self._record.manager._info_of(self._record)  # pyright: ignore[reportPrivateUsage]
-
-    async def wait(self, *, timeout: float | None = None) -> TaskInfo:
-        """Wait until the task is finished and return its final snapshot.
-
-        Raises:
-            TimeoutError: the task did not finish within ``timeout`` seconds.
-        """
-        return await self._record.manager._wait_record(self._record, timeout)  # pyright: ignore[reportPrivateUsage]
-
-    async def cancel(self) -> bool:
-        """Ask the task to stop; False if it had already finished."""
-        return await self._record.manager._cancel_record(self._record)  # pyright: ignore[reportPrivateUsage]
-
     def __repr__(self) -> str:
-        return f"<TaskHandle id={self._record.id!r} name={self._record.name!r}>"
+        record = self._record
+        return f"<{type(self).__name__} id={record.id!r} name={record.name!r}>"
 
 
 class Cancellable(Protocol):
@@ -224,11 +232,12 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
     ``run`` holds the context captured at submission while a PENDING task
     waits to be launched (None if it is launched at once, in the submitter's
     context), then what cancels the task (its anyio task handle or cancel
-    scope), and None once finished. ``outcome`` is the result (SUCCEEDED) or
-    the TaskError (FAILED). Times are ``time.time()`` floats.
+    scope), and None once finished. ``outcome`` is the result (SUCCEEDED),
+    the TaskError (FAILED) or the cancel reason, if any (CANCELLED). Times
+    are ``time.time()`` floats.
 
     The record is itself the coroutine the manager hands to anyio's
-    ``create_task``: awaiting it runs the call through its ``manager``. A
+    ``create_task``: awaiting it runs the call through its ``engine``. A
     pending task is then one object fewer for the garbage collector to walk
     than a record plus a coroutine, which is what kept the manager below
     0.8x of a raw task group's throughput on trio (docs/performance.md). It
@@ -241,15 +250,16 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         "attempt",
         "cancel_requested",
         "created",
+        "engine",
         "finished",
         "func",
         "id",
         "kwargs",
-        "manager",
         "name",
         "outcome",
         "owner",
         "progress",
+        "retry_at",
         "run",
         "started",
         "state",
@@ -257,7 +267,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
 
     def __init__(  # noqa: PLR0917 - the call's parts: no tuple kept per task
         self,
-        manager: ManagerCore,
+        engine: Engine,
         task_id: str,
         name: str,
         created: float,
@@ -266,7 +276,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         kwargs: dict[str, Any] | None,
         owner: object,
     ) -> None:
-        self.manager = manager
+        self.engine = engine
         self.id = task_id
         self.name = name
         self.state = TaskState.PENDING
@@ -277,6 +287,8 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         # (fraction, message): one tuple, so a worker thread swaps both at once.
         self.progress: tuple[float, str | None] | None = None
         self.attempt = 1
+        # When retry's next attempt starts, while it waits (time.time()).
+        self.retry_at: float | None = None
         self.cancel_requested = False
         self.func: Callable[..., Any] | None = func
         self.args: tuple[Any, ...] = args
@@ -286,7 +298,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
 
     def __await__(self) -> Generator[Any, None, object]:
         """Run the task through the manager (anyio's task handle awaits this)."""
-        return self.manager.run_launched(self).__await__()
+        return self.engine.run_launched(self).__await__()
 
     def send(self, value: object) -> Any:
         """Refused: a record is awaited, never driven step by step."""
@@ -306,6 +318,15 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         """Record the attempt ``bgtasks.retry`` is starting (RunningTask API)."""
         if not self.state.is_finished:
             self.attempt = attempt
+            self.retry_at = None
+
+    def record_retry_wait(self, until: float) -> None:
+        """Record that ``bgtasks.retry`` waits until ``until`` (RunningTask API).
+
+        ``until`` is a ``time.time()`` timestamp: when the next attempt starts.
+        """
+        if not self.state.is_finished:
+            self.retry_at = until
 
     def record_retry_wait(self, until: float) -> None:
         """Record when the next ``bgtasks.retry`` attempt starts (RunningTask API)."""
@@ -315,6 +336,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         state = self.state
         outcome = self.outcome
         progress, message = self.progress or (None, None)
+        retry_at = self.retry_at
         return TaskInfo(
             id=self.id,
             name=self.name,
@@ -332,4 +354,9 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
             message=message,
             attempt=self.attempt,
             cancel_requested=self.cancel_requested,
+            cancel_reason=outcome if state is TaskState.CANCELLED else None,
+            # A finished task waits for nothing (retry may not have cleared it).
+            next_attempt_at=None
+            if retry_at is None or state.is_finished
+            else datetime.fromtimestamp(retry_at, timezone.utc),
         )

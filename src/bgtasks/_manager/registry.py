@@ -29,8 +29,8 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 
-from ._records import TaskRecord, TaskState
-from .exceptions import TaskAlreadyExistsError
+from ..exceptions import TaskAlreadyExistsError
+from .records import TaskRecord, TaskState
 
 __all__ = ["TASK_ID_PATTERN", "Registry", "check_task_id"]
 
