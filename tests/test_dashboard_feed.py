@@ -353,7 +353,7 @@ async def test_disconnect_leaves_nothing_behind(manager: TaskManager) -> None:
             request.hang_up.set()
         feed = _feed_of(router)
         assert feed.streams == 0
-        assert not manager._subscribers.any
+        assert not manager._engine.subscribers.any
         manager.spawn(anyio.sleep, 0)
         assert feed._pending == {}
         assert not request.ended  # nothing is sent to a client that left

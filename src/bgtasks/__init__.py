@@ -22,10 +22,10 @@ from ._manager import TaskManager as TaskManager
 from ._manager import current_task as current_task
 from ._manager.events import TaskEvent as TaskEvent
 from ._manager.handle import TaskHandle as TaskHandle
+from ._manager.paging import TaskList as TaskList
 from ._manager.records import TaskError as TaskError
 from ._manager.records import TaskInfo as TaskInfo
 from ._manager.records import TaskState as TaskState
-from ._manager.paging import TaskList as TaskList
 from ._retry import RetryEvent as RetryEvent
 from ._retry import retry as retry
 from ._timeout import checkpoint as checkpoint

@@ -15,12 +15,12 @@ from typing_extensions import ParamSpec, Self
 
 from .._validate import check_int, to_seconds
 from ..exceptions import TaskNotFoundError
-from .paging import TaskList, decode_cursor, encode_cursor
 from .background import tracked_wrapper
 from .current import TaskContext, current_task
 from .engine import Engine
 from .events import Subscriber
 from .handle import TaskHandle
+from .paging import TaskList, decode_cursor, encode_cursor
 from .records import TaskInfo, TaskState
 from .submit import capture
 

@@ -328,9 +328,6 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         if not self.state.is_finished:
             self.retry_at = until
 
-    def record_retry_wait(self, until: float) -> None:
-        """Record when the next ``bgtasks.retry`` attempt starts (RunningTask API)."""
-
     def snapshot(self) -> TaskInfo:
         """Build the immutable view; call it with the manager's lock held."""
         state = self.state
