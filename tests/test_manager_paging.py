@@ -106,7 +106,7 @@ async def test_a_cursor_survives_rebuilding_the_paging_order() -> None:
         first = manager.list(limit=3)
         for _ in range(300):  # prunes every finished task older than the page
             await manager.spawn(noop).wait(timeout=5)
-        assert len(manager._registry._order) < 300  # the order was rebuilt
+        assert len(manager._engine.registry._order) < 300  # the order was rebuilt
         rest = manager.list(after=first.next_cursor)
         gate.set()
     assert running[::-1] == [info.id for info in rest]
@@ -130,7 +130,7 @@ async def test_dropped_records_leave_the_paging_order() -> None:
     async with TaskManager(max_finished=10) as manager:
         for _ in range(2000):
             await manager.spawn(noop).wait(timeout=5)
-        registry = manager._registry
+        registry = manager._engine.registry
         manager.list()
         assert len(registry._order) <= 10 + 10 // 8 + 64 + 1
         assert len(registry._order) == len(registry._seqs)
