@@ -115,11 +115,11 @@ async def test_a_cursor_survives_rebuilding_the_paging_order() -> None:
 async def test_a_reused_id_moves_to_the_top_and_is_not_listed_twice() -> None:
     """Resubmitting a finished task's id puts it first; later pages skip it."""
     async with TaskManager() as manager:
-        await manager.spawn(noop, _task_id="again").wait(timeout=5)
+        await manager.spawn_with_id("again", noop).wait(timeout=5)
         for _ in range(3):
             await manager.spawn(noop).wait(timeout=5)
         page = manager.list(limit=2)
-        await manager.spawn(noop, _task_id="again").wait(timeout=5)
+        await manager.spawn_with_id("again", noop).wait(timeout=5)
         rest = manager.list(after=page.next_cursor)
         assert [info.id for info in rest if info.id == "again"] == []
         assert manager.list(limit=1)[0].id == "again"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .._manager.records import TaskInfo, TaskState
 
 if TYPE_CHECKING:
-    from .._events import TaskEvent
+    from .._manager.events import TaskEvent
     from .._manager import TaskManager
 
 __all__ = ["CancelOutcome", "Page", "Stats", "TaskSource"]
