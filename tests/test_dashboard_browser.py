@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from bgtasks import TaskManager, current_task
-from bgtasks._dashboard import feed as feed_module
+from bgtasks._web.dashboard import feed as feed_module
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

@@ -13,9 +13,9 @@ import pytest
 from starlette.types import ASGIApp, Message
 
 from bgtasks import TaskInfo, TaskManager, TaskState, current_task
-from bgtasks._dashboard import feed as feed_module
-from bgtasks._dashboard.feed import ChangeFeed
-from bgtasks._dashboard.source import TaskSource
+from bgtasks._web.dashboard import feed as feed_module
+from bgtasks._web.dashboard.feed import ChangeFeed
+from bgtasks._web.dashboard.source import TaskSource
 from bgtasks.starlette import dashboard_router
 
 pytestmark = pytest.mark.anyio

@@ -163,7 +163,7 @@ def test_page_and_assets_stay_small() -> None:
     """Page, CSS, JS and icon together stay under 50 KB, with no external URL."""
     from importlib.resources import files
 
-    static = files("bgtasks._dashboard") / "static"
+    static = files("bgtasks._web.dashboard") / "static"
     names = ["page.html", "dashboard.css", "dashboard.js", "favicon.svg"]
     texts = [(static / name).read_text(encoding="utf-8") for name in names]
     assert sum(len(text.encode()) for text in texts) < 50_000

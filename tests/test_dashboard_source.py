@@ -8,8 +8,8 @@ from typing import Any, cast
 import pytest
 
 from bgtasks import TaskInfo, TaskManager, TaskState
-from bgtasks._dashboard.source import Page, TaskSource
 from bgtasks._manager.records import TaskError
+from bgtasks._web.dashboard.source import Page, TaskSource
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

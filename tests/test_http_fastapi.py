@@ -399,7 +399,7 @@ def test_import_without_fastapi_names_the_extra(
     """Importing bgtasks.fastapi without FastAPI tells how to install it."""
     monkeypatch.setitem(sys.modules, "fastapi", None)
     monkeypatch.delitem(sys.modules, "bgtasks.fastapi")
-    monkeypatch.delitem(sys.modules, "bgtasks._fastapi")
+    monkeypatch.delitem(sys.modules, "bgtasks._web.fastapi")
     with pytest.raises(ImportError, match=r"pip install \"bgtasks\[fastapi\]\""):
         importlib.import_module("bgtasks.fastapi")
     monkeypatch.undo()
@@ -412,7 +412,7 @@ def test_other_missing_modules_are_not_blamed_on_fastapi(
     """A missing dependency other than FastAPI keeps its own error."""
     monkeypatch.setitem(sys.modules, "pydantic", None)
     monkeypatch.delitem(sys.modules, "bgtasks.fastapi")
-    monkeypatch.delitem(sys.modules, "bgtasks._fastapi")
+    monkeypatch.delitem(sys.modules, "bgtasks._web.fastapi")
     with pytest.raises(ModuleNotFoundError) as caught:
         importlib.import_module("bgtasks.fastapi")
     assert caught.value.name == "pydantic"

@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 
 import bgtasks.starlette
 from bgtasks import TaskHandle, TaskManager, TaskState, current_task
-from bgtasks._lifespan import manager_from_app
+from bgtasks._web.lifespan import manager_from_app
 from bgtasks.exceptions import ManagerNotRunningError
 from bgtasks.starlette import TrackedBackgroundTasks, lifespan, task_router
 

@@ -22,8 +22,8 @@ async def create_report(user_id: int, tasks: TrackedTasks) -> dict[str, str]:
 from __future__ import annotations
 
 try:
-    from ._dashboard.fastapi import dashboard_router
-    from ._fastapi import TrackedTasks, task_router, task_tag, tracked_tasks
+    from ._web.dashboard.fastapi import dashboard_router
+    from ._web.fastapi import TrackedTasks, task_router, task_tag, tracked_tasks
 except ModuleNotFoundError as _exc:
     if _exc.name != "fastapi":
         raise
@@ -31,8 +31,8 @@ except ModuleNotFoundError as _exc:
         "bgtasks.fastapi needs FastAPI, which is not installed: "
         'pip install "bgtasks[fastapi]"'
     ) from _exc
-from ._lifespan import lifespan
-from ._tracked import TrackedBackgroundTasks
+from ._web.lifespan import lifespan
+from ._web.tracked import TrackedBackgroundTasks
 
 __all__ = [
     "TrackedBackgroundTasks",

@@ -16,9 +16,9 @@ app = Starlette(
 
 from __future__ import annotations
 
-from ._dashboard.routes import dashboard_router
-from ._lifespan import lifespan
-from ._routes import task_router
-from ._tracked import TrackedBackgroundTasks
+from ._web.dashboard.routes import dashboard_router
+from ._web.lifespan import lifespan
+from ._web.routes import task_router
+from ._web.tracked import TrackedBackgroundTasks
 
 __all__ = ["TrackedBackgroundTasks", "dashboard_router", "lifespan", "task_router"]

@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
-from .._http import check_manager
-from .._manager import TaskManager
+from ..._manager import TaskManager
+from ..endpoints import check_manager
 from .endpoints import Dashboard
 from .source import TaskSource
 

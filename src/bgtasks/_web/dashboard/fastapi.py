@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Request, params
 from starlette.responses import Response
 
-from .._manager import TaskManager
+from ..._manager import TaskManager
 from .routes import build_dashboard
 
 __all__ = ["dashboard_router"]

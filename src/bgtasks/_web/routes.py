@@ -7,8 +7,8 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from ._http import TaskEndpoints, check_manager
-from ._manager import TaskManager
+from .._manager import TaskManager
+from .endpoints import TaskEndpoints, check_manager
 
 __all__ = ["check_manager", "task_router"]
 

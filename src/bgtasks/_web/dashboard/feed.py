@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.responses import Response
 
-from .._manager.records import TaskInfo
+from ..._manager.records import TaskInfo
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send

@@ -12,13 +12,13 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request, params
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.responses import Response
 
-from ._http import TaskEndpoints, check_manager
-from ._lifespan import manager_from_app
-from ._manager import TaskManager
-from ._manager.background import unsent
-from ._manager.records import TaskState
-from ._manager.registry import TASK_ID_PATTERN
-from ._tracked import TrackedBackgroundTasks
+from .._manager import TaskManager
+from .._manager.background import unsent
+from .._manager.records import TaskState
+from .._manager.registry import TASK_ID_PATTERN
+from .endpoints import TaskEndpoints, check_manager
+from .lifespan import manager_from_app
+from .tracked import TrackedBackgroundTasks
 
 __all__ = [
     "CancelConflictModel",

@@ -7,9 +7,9 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, overload
 
-from ._http import check_manager
-from ._manager import TaskManager
-from .exceptions import ManagerNotRunningError
+from .._manager import TaskManager
+from ..exceptions import ManagerNotRunningError
+from .endpoints import check_manager
 
 __all__ = ["STATE_KEY", "lifespan", "manager_from_app"]
 

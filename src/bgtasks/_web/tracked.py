@@ -8,9 +8,9 @@ from typing import Any, TypeVar, overload
 from starlette.background import BackgroundTasks
 from typing_extensions import ParamSpec
 
-from ._manager import TaskManager
-from ._manager.handle import TaskHandle
-from ._routes import check_manager
+from .._manager import TaskManager
+from .._manager.handle import TaskHandle
+from .endpoints import check_manager
 
 __all__ = ["TrackedBackgroundTasks"]
 

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.responses import JSONResponse
 
-from ._manager import TaskManager
-from ._manager.records import TaskState
-from ._manager.registry import TASK_ID_PATTERN
+from .._manager import TaskManager
+from .._manager.records import TaskState
+from .._manager.registry import TASK_ID_PATTERN
 
 if TYPE_CHECKING:
-    from ._manager.records import TaskInfo
+    from .._manager.records import TaskInfo
 
 __all__ = [
     "TaskEndpoints",

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._manager.records import TaskInfo, TaskState
+from ..._manager.records import TaskInfo, TaskState
 
 if TYPE_CHECKING:
-    from .._manager.events import TaskEvent
-    from .._manager import TaskManager
+    from ..._manager import TaskManager
+    from ..._manager.events import TaskEvent
 
 __all__ = ["CancelOutcome", "Page", "Stats", "TaskSource"]
 

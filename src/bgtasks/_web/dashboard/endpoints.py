@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._manager.records import TaskInfo, TaskState
+from ..._manager.records import TaskInfo, TaskState
 from .feed import ChangeFeed, EventStream
 from .source import CancelOutcome, Stats, TaskSource
 
@@ -69,7 +69,7 @@ def _error(status_code: int, detail: str, **extra: str) -> Response:
 
 
 def _load(name: str) -> bytes:
-    return (files("bgtasks._dashboard") / "static" / name).read_bytes()
+    return (files("bgtasks._web.dashboard") / "static" / name).read_bytes()
 
 
 class Dashboard:
