@@ -173,3 +173,10 @@ def bench(session: nox.Session) -> None:
     """Benchmark bgtasks side by side with tenacity, stamina, backoff and aiojobs."""
     _install(session, "bench")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=NEWEST)
+def bench_ab(session: nox.Session) -> None:
+    """A/B the benchmarks against a git revision: nox -s bench_ab -- --base REV."""
+    _install(session, "bench")
+    session.run("python", "benchmarks/ab.py", *session.posargs)
