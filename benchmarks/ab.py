@@ -44,7 +44,7 @@ def _run(src: Path, only: list[str], out: Path) -> dict[tuple[str, str], float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="the git revision to compare with")
+    parser.add_argument("--base", required=True, help="the git revision to compare")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved pairs")
     parser.add_argument(
         "--only",
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     only = args.only or ["decorators", "retry", "manager"]
     with tempfile.TemporaryDirectory(prefix="bgtasks-ab-") as tmp:
         base_tree = Path(tmp) / "base"
+        tree = [str(base_tree), args.base]
         subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q"]
-            + [str(base_tree), args.base],
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", *tree],
             check=True,
         )
         try:
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
         finally:
             subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force"]
-                + [str(base_tree)],
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", tree[0]],
                 check=False,
             )
     print(f"new/base over {args.rounds} interleaved pairs (below 1: new is faster)")
