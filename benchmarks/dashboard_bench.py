@@ -7,6 +7,9 @@ real ASGI route, read by in-process clients that count the bytes). The
 dashboard's cost is the extra process CPU, in % of one core.
 
     python benchmarks/dashboard_bench.py [--seconds 5] [--backend asyncio]
+
+``benchmarks/run.py`` (``nox -s bench``) runs it as its "dashboard" suite: the
+extra CPU with 10 open pages, on asyncio and trio.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from typing import Any
 
 import anyio
+from _harness import Config, Report, Row, attempt, judge
 
 from bgtasks import TaskManager, current_task
 from bgtasks.starlette import dashboard_router
@@ -92,6 +96,33 @@ async def churn(seconds: float, pages: int) -> tuple[float, float, int, int]:
         for sink in sinks:
             sink.gone.set()
     return cpu, wall, sent, events
+
+
+def _share(seconds: float, pages: int, backend: str) -> float:
+    """Process CPU during the churn, in % of one core."""
+    cpu, wall, _, _ = anyio.run(churn, seconds, pages, backend=backend)
+    return 100 * cpu / wall
+
+
+def run(report: Report, cfg: Config) -> None:
+    """The dashboard's cost: extra CPU with 10 open pages under 1,000 tasks/s."""
+    section = "6. dashboard live stream"
+    seconds = 1.0 if cfg.quick else 3.0
+    for backend in ("asyncio", "trio"):
+        row = Row(
+            section,
+            f"10 open pages, {RATE:,} tasks/s of churn ({backend})",
+            unit="% of a core",
+            note="extra CPU over the same churn with no page open",
+        )
+        attempt(
+            report,
+            row,
+            lambda b=backend: _share(seconds, 10, b) - _share(seconds, 0, b),
+        )
+        if row.ok:
+            assert row.value is not None
+            judge(row, "<= 20% of one core", row.value <= 20)
 
 
 def main() -> None:
