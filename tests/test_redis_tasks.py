@@ -12,9 +12,6 @@ from collections.abc import AsyncIterator
 import anyio
 import coredis
 import pytest
-from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from coredis.connection import BaseConnection
 
 from bgtasks._redis.task_scripts import CLAIM_REAP
 from bgtasks._redis.tasks import (
@@ -333,35 +330,6 @@ async def test_a_fenced_worker_is_rejected_and_told(
         )
 
 
-@pytest.fixture
-def close_failed_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Close what coredis 6.9 leaves open when a connection attempt fails.
-
-    Its connection makes six memory streams up front and closes them only once
-    connected, so each refused attempt warns (ResourceWarning, an error here)
-    whenever the garbage collector gets to it, maybe in another test.
-    """
-    original = BaseConnection.run
-
-    async def run(
-        self: BaseConnection,
-        *,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            await original(self, task_status=task_status)
-        finally:
-            for name in dir(self):
-                stream = getattr(self, name, None) if "_buffer_" in name else None
-                if isinstance(
-                    stream, (MemoryObjectSendStream, MemoryObjectReceiveStream)
-                ):
-                    stream.close()
-
-    monkeypatch.setattr(BaseConnection, "run", run)
-
-
-@pytest.mark.usefixtures("close_failed_connections")
 async def test_redis_down_then_back(
     private_redis: RedisServer, records: list[logging.LogRecord]
 ) -> None:
