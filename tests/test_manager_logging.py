@@ -63,7 +63,7 @@ def tracebacks(records: list[logging.LogRecord]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "func",
+    "task",
     [
         marked(explode_async_copy()),
         functools.partial(marked(explode_sync), "ada"),
@@ -72,11 +72,11 @@ def tracebacks(records: list[logging.LogRecord]) -> list[str]:
     ids=["async", "sync-in-partial", "bound-method"],
 )
 async def test_a_logged_task_is_not_logged_again(
-    func: Any, records: list[logging.LogRecord]
+    task: Any, records: list[logging.LogRecord]
 ) -> None:
     """A function marked ``__bgtasks_logged__`` fails without the manager's log."""
     async with TaskManager() as manager:
-        info = await manager.spawn(func).wait(timeout=5)
+        info = await manager.spawn(task).wait(timeout=5)
     assert info.state == TaskState.FAILED
     assert not tracebacks(records)
 

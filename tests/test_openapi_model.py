@@ -7,13 +7,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from bgtasks import TaskInfo, TaskState
-from bgtasks._web.fastapi import TaskInfoModel
+from bgtasks._web.fastapi import BgtasksTaskInfo
 
 
 def test_task_info_model_has_the_fields_of_task_info() -> None:
     """A field added to TaskInfo (or to the model) alone fails here."""
     expected = {field.name for field in dataclasses.fields(TaskInfo)}
-    assert expected == set(TaskInfoModel.model_fields)
+    assert expected == set(BgtasksTaskInfo.model_fields)
 
 
 def test_to_dict_gives_the_keys_the_model_documents() -> None:
@@ -30,4 +30,4 @@ def test_to_dict_gives_the_keys_the_model_documents() -> None:
         attempt=1,
         cancel_requested=False,
     )
-    assert set(TaskInfo(**values).to_dict()) == set(TaskInfoModel.model_fields)
+    assert set(TaskInfo(**values).to_dict()) == set(BgtasksTaskInfo.model_fields)

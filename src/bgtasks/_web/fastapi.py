@@ -21,11 +21,11 @@ from .lifespan import manager_from_app
 from .tracked import TrackedBackgroundTasks
 
 __all__ = [
-    "CancelConflictModel",
-    "ErrorDetailModel",
-    "TaskErrorModel",
-    "TaskInfoModel",
-    "TaskListModel",
+    "BgtasksCancelConflict",
+    "BgtasksErrorDetail",
+    "BgtasksTaskError",
+    "BgtasksTaskInfo",
+    "BgtasksTaskList",
     "TrackedTasks",
     "task_router",
     "task_tag",
@@ -38,14 +38,13 @@ _State = Annotated[
     WithJsonSchema({"type": "string", "enum": [state.value for state in TaskState]}),
 ]
 
-# Each model's OpenAPI component is named Bgtasks...: pydantic names components
-# after __qualname__, and an app's own "TaskInfo" or "ErrorDetail" must not clash.
+# Each model (and so its OpenAPI component) is named Bgtasks...: components are
+# named after the class, and an app's own "TaskInfo" must not clash with ours.
 
 
-class TaskErrorModel(BaseModel):
+class BgtasksTaskError(BaseModel):
     """Why a task failed: the exception type, and its message only if exposed."""
 
-    __qualname__ = "BgtasksTaskError"
     model_config = ConfigDict(title="BgtasksTaskError")
     type: str = Field(description="The exception type's qualified name.")
     message: Optional[str] = Field(  # noqa: UP045 - pydantic evaluates it on 3.10 too
@@ -53,45 +52,43 @@ class TaskErrorModel(BaseModel):
     )
 
 
-class TaskInfoModel(BaseModel):
+class BgtasksTaskInfo(BaseModel):
     """A task's status snapshot, as ``TaskInfo.to_dict()`` gives it."""
 
-    __qualname__ = "BgtasksTaskInfo"
     model_config = ConfigDict(title="BgtasksTaskInfo")
 
     id: str
     name: str = Field(description="The task function's qualified name.")
     state: _State
     created_at: datetime
-    started_at: Optional[datetime]  # noqa: UP045 - see TaskErrorModel
-    finished_at: Optional[datetime]  # noqa: UP045 - see TaskErrorModel
+    started_at: Optional[datetime]  # noqa: UP045 - see BgtasksTaskError
+    finished_at: Optional[datetime]  # noqa: UP045 - see BgtasksTaskError
     result: Any = Field(
         default=None,
         description="The return value on success; absent if not JSON-serializable.",
     )
-    error: Optional[TaskErrorModel]  # noqa: UP045 - see TaskErrorModel
-    progress: Optional[float] = Field(ge=0.0, le=1.0)  # noqa: UP045 - see TaskErrorModel
-    message: Optional[str] = Field(description="The latest progress message.")  # noqa: UP045 - see TaskErrorModel
+    error: Optional[BgtasksTaskError]  # noqa: UP045 - see BgtasksTaskError
+    progress: Optional[float] = Field(ge=0.0, le=1.0)  # noqa: UP045 - see BgtasksTaskError
+    message: Optional[str] = Field(description="The latest progress message.")  # noqa: UP045 - see BgtasksTaskError
     attempt: int = Field(ge=1, description="The attempt number under bgtasks.retry.")
     cancel_requested: bool
-    cancel_reason: Optional[str] = Field(  # noqa: UP045 - see TaskErrorModel
+    cancel_reason: Optional[str] = Field(  # noqa: UP045 - see BgtasksTaskError
         default=None,
         description='Why bgtasks cancelled the task itself: "response not sent".',
     )
-    next_attempt_at: Optional[datetime] = Field(  # noqa: UP045 - see TaskErrorModel
+    next_attempt_at: Optional[datetime] = Field(  # noqa: UP045 - see BgtasksTaskError
         default=None,
         description="While bgtasks.retry waits between attempts: when the next starts.",
     )
 
 
-class TaskListModel(BaseModel):
+class BgtasksTaskList(BaseModel):
     """One page of tasks, newest first."""
 
-    __qualname__ = "BgtasksTaskList"
     model_config = ConfigDict(title="BgtasksTaskList")
-    tasks: list[TaskInfoModel]
+    tasks: list[BgtasksTaskInfo]
     has_more: bool = Field(description="More tasks match than this page holds.")
-    next: Optional[str] = Field(  # noqa: UP045 - see TaskErrorModel
+    next: Optional[str] = Field(  # noqa: UP045 - see BgtasksTaskError
         description=(
             "The cursor of the next page: pass it back as `cursor`, with the "
             "same `state`. null on the last page."
@@ -99,18 +96,16 @@ class TaskListModel(BaseModel):
     )
 
 
-class ErrorDetailModel(BaseModel):
+class BgtasksErrorDetail(BaseModel):
     """An error answer: what went wrong in bgtasks' fixed words, never a traceback."""
 
-    __qualname__ = "BgtasksErrorDetail"
     model_config = ConfigDict(title="BgtasksErrorDetail")
     detail: str
 
 
-class CancelConflictModel(ErrorDetailModel):
+class BgtasksCancelConflict(BgtasksErrorDetail):
     """409: the task had already finished, in this state."""
 
-    __qualname__ = "BgtasksCancelConflict"
     model_config = ConfigDict(title="BgtasksCancelConflict")
 
     state: _State
@@ -144,7 +139,7 @@ def _responses(
     return answers
 
 
-_NOT_FOUND = (404, ErrorDetailModel, "Unknown or malformed task id.")
+_NOT_FOUND = (404, BgtasksErrorDetail, "Unknown or malformed task id.")
 
 
 # The routes read their parameters themselves (see task_router), so OpenAPI
@@ -256,10 +251,10 @@ def task_router(
         "" if prefix else "/",
         list_tasks,
         methods=["GET"],
-        response_model=TaskListModel,
+        response_model=BgtasksTaskList,
         responses=_responses(
-            (400, ErrorDetailModel, "Not a cursor this server gave."),
-            (422, ErrorDetailModel, "A state or limit out of range."),
+            (400, BgtasksErrorDetail, "Not a cursor this server gave."),
+            (422, BgtasksErrorDetail, "A state or limit out of range."),
         ),
         operation_id="bgtasks_list_tasks",
         summary="List background tasks",
@@ -274,7 +269,7 @@ def task_router(
         "/{task_id}",
         get_task,
         methods=["GET"],
-        response_model=TaskInfoModel,
+        response_model=BgtasksTaskInfo,
         responses=_responses(_NOT_FOUND),
         operation_id="bgtasks_get_task",
         summary="Get a background task's status",
@@ -286,10 +281,10 @@ def task_router(
         cancel_task,
         methods=["DELETE"],
         status_code=202,
-        response_model=TaskInfoModel,
+        response_model=BgtasksTaskInfo,
         responses=_responses(
             _NOT_FOUND,
-            (409, CancelConflictModel, "Already finished."),
+            (409, BgtasksCancelConflict, "Already finished."),
             ok=202,
         ),
         operation_id="bgtasks_cancel_task",
