@@ -428,6 +428,34 @@ def test_step08_shutdown_cancels_what_outlasts_the_drain(
     assert step.manager.list(state=TaskState.RUNNING) == []
 
 
+def test_step10_dashboard_and_status_routes_need_the_admin_token(
+    backend: Backend, idempotency_store: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 10: without the token the page, its data and the status API are 403."""
+    monkeypatch.setenv("ADMIN_TOKEN", "s3cret")
+    step = load("tutorial/step10_dashboard.py")
+    step.connect_to_mail_server = MailServer()
+    admin = {"X-Admin-Token": "s3cret"}
+    with TestClient(step.app, backend=backend) as client:
+        task_id = client.post("/send-notification/foo@example.com").json()["task_id"]
+        refused = [
+            client.get("/dashboard").status_code,
+            client.get("/dashboard/api/tasks").status_code,
+            client.get("/dashboard/api/stats").status_code,
+            client.post(
+                f"/dashboard/api/tasks/{task_id}/cancel",
+                headers={"X-Bgtasks-Action": "cancel"},
+            ).status_code,
+            client.get(f"/tasks/{task_id}").status_code,
+        ]
+        page = client.get("/dashboard", headers=admin)
+        listed = client.get("/dashboard/api/tasks", headers=admin).json()
+    assert refused == [403] * 5
+    assert page.status_code == 200
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert task_id in {task["id"] for task in listed["tasks"]}
+
+
 # --- Recipes ------------------------------------------------------------------
 
 
