@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             ratios: dict[tuple[str, str], list[float]] = {}
+            # Each row over its section's bare call in the same run: a run on
+            # a busier machine slows both, so this ratio drifts less.
+            relative: dict[tuple[str, str], list[float]] = {}
             for i in range(args.rounds):
                 sides = [("new", ROOT / "src"), ("base", base_tree / "src")]
                 if i % 2:
@@ -72,10 +75,21 @@ def main(argv: list[str] | None = None) -> int:
                     side: _run(src, only, Path(tmp) / f"{side}.json")
                     for side, src in sides
                 }
-                for key, new in values["new"].items():
-                    base = values["base"].get(key)
+                new_v, base_v = values["new"], values["base"]
+                for key, new in new_v.items():
+                    base = base_v.get(key)
                     if base:
                         ratios.setdefault(key, []).append(new / base)
+                    bare = (key[0], "bare call")
+                    if (
+                        base
+                        and key[1] != "bare call"
+                        and bare in new_v
+                        and bare in base_v
+                    ):
+                        relative.setdefault(key, []).append(
+                            (new / new_v[bare]) / (base / base_v[bare])
+                        )
                 print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
         finally:
             subprocess.run(
@@ -83,12 +97,17 @@ def main(argv: list[str] | None = None) -> int:
                 check=False,
             )
     print(f"new/base over {args.rounds} interleaved pairs (below 1: new is faster)")
-    print(f"{'section':<28} {'row':<44} {'median':>7}  spread")
-    for (section, name), found in ratios.items():
-        print(
+    print(f"{'section':<28} {'row':<44} {'median':>7}  {'spread':<10}  per bare call")
+    for key, found in ratios.items():
+        section, name = key
+        line = (
             f"{section[:28]:<28} {name[:44]:<44} {statistics.median(found):>7.2f}"
             f"  {min(found):.2f}..{max(found):.2f}"
         )
+        rel = relative.get(key)
+        if rel:
+            line += f"  {statistics.median(rel):.2f} ({min(rel):.2f}..{max(rel):.2f})"
+        print(line)
     return 0
 
 
