@@ -367,7 +367,7 @@ class Policy:
                 deadline = (
                     None if self.wait_timeout is None else clock() + self.wait_timeout
                 )
-                while found.status == "in_progress":
+                while True:  # found is "in_progress" here
                     timeout = self._wait_for(found, fingerprint, deadline, clock())
                     if in_thread:
                         # See _waits: a thread sees its deadline and its task's
@@ -379,6 +379,8 @@ class Policy:
                         timeout = min(timeout, _REMOTE_WAIT_SLICE)
                     yield (_wait, (store, key, timeout))
                     found = yield (_claim, (store, *claim_args))
+                    if found.status != "in_progress":
+                        break
                 if found.status == "claimed":
                     return RUN, found
                 return self.settle(found, fingerprint, "waited"), None
