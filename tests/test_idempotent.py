@@ -1137,3 +1137,88 @@ def test_timeout_outside_bounds_a_sync_duplicates_wait() -> None:
         bounded = timeout(0.02)(work)
         with pytest.raises(TimeoutError):
             bounded()
+
+
+class AsyncOnlyStore:
+    """A custom store with only the public async protocol (no sync twins)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.calls: list[str] = []
+
+    async def claim(
+        self, key: str, *, owner: str, lease: float, fingerprint: str | None
+    ) -> ClaimResult:
+        """Delegate, counting the call."""
+        self.calls.append("claim")
+        return await self.inner.claim(
+            key, owner=owner, lease=lease, fingerprint=fingerprint
+        )
+
+    async def complete(
+        self,
+        key: str,
+        *,
+        owner: str,
+        fence: int,
+        record: IdempotencyRecord,
+        ttl: float,
+    ) -> bool:
+        """Delegate, counting the call."""
+        self.calls.append("complete")
+        return await self.inner.complete(
+            key, owner=owner, fence=fence, record=record, ttl=ttl
+        )
+
+    async def release(self, key: str, *, owner: str, fence: int) -> bool:
+        """Delegate, counting the call."""
+        self.calls.append("release")
+        return await self.inner.release(key, owner=owner, fence=fence)
+
+    async def get(self, key: str) -> IdempotencyRecord | None:
+        """Delegate."""
+        return await self.inner.get(key)
+
+    async def forget(self, key: str) -> None:
+        """Delegate."""
+        await self.inner.forget(key)
+
+    async def wait(self, key: str, *, timeout: float) -> None:
+        """Delegate, counting the call."""
+        self.calls.append("wait")
+        await self.inner.wait(key, timeout=timeout)
+
+
+@pytest.mark.anyio
+async def test_a_custom_async_store_runs_once_and_wakes_waiters() -> None:
+    """Through the public protocol only: one body, waiters use wait, a thread works."""
+    store = AsyncOnlyStore()
+    gate = anyio.Event()
+    runs: list[int] = []
+
+    @idempotent(key="k", namespace="t", store=store)
+    async def task() -> int:
+        runs.append(1)
+        await gate.wait()
+        return 4
+
+    @idempotent(key="k", namespace="t", store=store)
+    def sync_task() -> int:
+        runs.append(2)
+        return 5
+
+    results: list[int] = []
+
+    async def call() -> None:
+        results.append(await task())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            tg.start_soon(call)
+            while "wait" not in store.calls:
+                await anyio.sleep(0)
+            gate.set()
+        assert await anyio.to_thread.run_sync(sync_task) == 4
+    assert (results, runs) == ([4, 4], [1])
+    assert store.calls.count("complete") == 1
