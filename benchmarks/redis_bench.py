@@ -20,12 +20,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import coredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from bgtasks._idempotency.stores import IdempotencyRecord
+from bgtasks import IdempotencyRecord, idempotent
 from bgtasks.redis import RedisStore
 from redis_server import RedisServer
 
@@ -39,6 +40,33 @@ async def _timed(calls: int, one: Callable[[int], Awaitable[object]]) -> float:
     for i in range(calls):
         await one(i)
     return (time.perf_counter() - start) / calls * 1e6
+
+
+# commandstats also counts the commands a script runs inside Redis: the calls a
+# client makes are its scripts (EVALSHA) and the commands it sends itself.
+_CLIENT_COMMANDS = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_hmget", "cmdstat_get")
+
+
+async def _commands(raw: coredis.Redis[bytes]) -> int:
+    stats = await raw.info("commandstats")
+    return sum(
+        int(cast("dict[str, Any]", stats[k])["calls"])
+        for k in _CLIENT_COMMANDS
+        if k in stats
+    )
+
+
+async def _round_trips(
+    raw: coredis.Redis[bytes], call: Callable[[], Awaitable[object]]
+) -> int:
+    """Count the round trips of one call: EVALSHA and GET/HMGET deltas.
+
+    A GET or HMGET run inside a script counts too, so the figure is an upper
+    bound: a claim that replays shows 2 (its EVALSHA and the script's HMGET).
+    """
+    before = await _commands(raw)
+    await call()
+    return await _commands(raw) - before
 
 
 async def _measure(url: str, calls: int, repeats: int) -> dict[str, list[float]]:
@@ -67,20 +95,41 @@ async def _measure(url: str, calls: int, repeats: int) -> dict[str, list[float]]
         async def get(i: int) -> object:
             return await store.get("b:done")
 
+        @idempotent(key="{key}", namespace=f"d{run}", store=store, lease=10, ttl=60)
+        async def decorated(key: str) -> dict[str, object]:
+            return VALUE
+
+        async def decorated_first(i: int) -> object:
+            return await decorated(f"{i}:{uuid.uuid4().hex}")
+
+        async def decorated_replay(i: int) -> object:
+            return await decorated("done")
+
+        await decorated("done")
+        trips = {
+            "decorated first call": await _round_trips(
+                raw, lambda: decorated(uuid.uuid4().hex)
+            ),
+            "decorated replay": await _round_trips(raw, lambda: decorated("done")),
+        }
+        print("  round trips (INFO commandstats):", trips)
+
         await first_call(0)
         done = await store.claim("b:done", owner="o", lease=10, fingerprint=None)
         await store.complete(
             "b:done", owner="o", fence=done.fence, record=RECORD, ttl=600
         )
-        for warm in (raw_two, raw_one, first_call, replay, get):
-            await _timed(200, warm)
         fns = {
             "raw2": raw_two,
             "first": first_call,
+            "dfirst": decorated_first,
             "raw1": raw_one,
             "replay": replay,
+            "dreplay": decorated_replay,
             "get": get,
         }
+        for warm in fns.values():
+            await _timed(200, warm)
         rows: dict[str, list[float]] = {name: [] for name in fns}
         chunk = max(1, calls // CHUNKS)
         for _ in range(repeats):
@@ -107,6 +156,8 @@ def _report(backend: str, rows: dict[str, list[float]]) -> None:
         ("claim+complete", "first", f"{ratios('first', 'raw2')} of raw SET+GET"),
         ("raw GET", "raw1", ""),
         ("claim (replay)", "replay", f"{ratios('replay', 'raw1')} of raw GET"),
+        ("@idempotent first", "dfirst", f"{ratios('dfirst', 'raw2')} of raw SET+GET"),
+        ("@idempotent replay", "dreplay", f"{ratios('dreplay', 'raw1')} of raw GET"),
         ("get", "get", f"{ratios('get', 'raw1')} of raw GET"),
     ]
     print(f"{backend}:")

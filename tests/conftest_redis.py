@@ -32,7 +32,11 @@ HAVE_COREDIS = importlib.util.find_spec("coredis") is not None
 _NO_COREDIS = "coredis is not installed: install the redis extra (bgtasks[redis])"
 # What imports coredis: the Redis modules and their doctests, their tests, and
 # the pages and public-API checks that import bgtasks.redis.
-_NEEDS_COREDIS = ("test_redis_store.py", "test_redis_tasks.py")
+_NEEDS_COREDIS = (
+    "test_redis_store.py",
+    "test_redis_tasks.py",
+    "test_redis_idempotent.py",
+)
 _ITEMS_NEEDING_COREDIS = ("docs/workers.md", "bgtasks.redis")
 
 

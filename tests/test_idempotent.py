@@ -127,7 +127,7 @@ def test_template_key_binds_positional_keyword_and_default(store: MemoryStore) -
     assert task(a=1, b=2, c="x") == 1
     assert task(1, 3) == 2
     assert runs == [(1, 2, "x"), (1, 3, "x")]
-    assert IdempotencyRecord(1) == store.get("ns:1-2-x")
+    assert IdempotencyRecord(1) == store.get_now("ns:1-2-x")
 
 
 def test_template_attribute_index_conversion_and_variadics(store: MemoryStore) -> None:
@@ -149,9 +149,9 @@ def test_template_attribute_index_conversion_and_variadics(store: MemoryStore) -
     first(Model("m"), xs=[7], n=5)
     second(4, tag="t")
     third(1, "é")
-    assert store.get("a:m/7/005/Model(name='m')") is not None
-    assert store.get("b:4:t") is not None
-    assert store.get("c:  1|'\\xe9'") is not None
+    assert store.get_now("a:m/7/005/Model(name='m')") is not None
+    assert store.get_now("b:4:t") is not None
+    assert store.get_now("c:  1|'\\xe9'") is not None
 
 
 def test_mapped_template_binds_keywords_and_defaults(store: MemoryStore) -> None:
@@ -162,7 +162,7 @@ def test_mapped_template_binds_keywords_and_defaults(store: MemoryStore) -> None
         return 1
 
     task(user=Model("ada"))
-    assert store.get("m:ada:fast") is not None
+    assert store.get_now("m:ada:fast") is not None
     with pytest.raises(TypeError, match="missing argument 'user'"):
         task()  # type: ignore[call-arg]
 
@@ -199,7 +199,7 @@ def test_namespaces_default_to_the_function_and_can_be_shared(
     assert (one(), two()) == ("one", "two")
     assert (old_name(), new_name()) == ("old", "old")
     qualname = test_namespaces_default_to_the_function_and_can_be_shared.__qualname__
-    assert store.get(f"{__name__}.{qualname}.<locals>.one:k") is not None
+    assert store.get_now(f"{__name__}.{qualname}.<locals>.one:k") is not None
 
 
 def test_partial_is_named_after_its_function(store: MemoryStore) -> None:
@@ -210,7 +210,7 @@ def test_partial_is_named_after_its_function(store: MemoryStore) -> None:
 
     hello = idempotent(key="{name}", store=store)(functools.partial(greet, "hello"))
     assert hello("ada") == "hello ada"
-    assert store.get(f"{__name__}.{greet.__qualname__}:ada") is not None
+    assert store.get_now(f"{__name__}.{greet.__qualname__}:ada") is not None
 
 
 def test_default_store_is_shared_process_wide() -> None:
@@ -222,9 +222,11 @@ def test_default_store_is_shared_process_wide() -> None:
 
     try:
         assert task() == 42
-        assert IdempotencyRecord(42) == default_store().get("bgtasks-test-default:k")
+        assert IdempotencyRecord(42) == default_store().get_now(
+            "bgtasks-test-default:k"
+        )
     finally:
-        default_store().forget("bgtasks-test-default:k")
+        default_store().forget_now("bgtasks-test-default:k")
 
 
 def test_ttl_expiry_runs_again(store: MemoryStore) -> None:
@@ -601,7 +603,7 @@ def test_nested_spec_fields_are_allowed() -> None:
 
     store = MemoryStore()
     idempotent(key="{text:>{width}}", namespace="p", store=store)(pad)("a", 3)
-    assert store.get("p:  a") is not None
+    assert store.get_now("p:  a") is not None
 
 
 def test_bare_decorator_and_bad_targets_are_refused() -> None:
@@ -715,7 +717,7 @@ def test_expired_lease_is_taken_over_by_a_waiter(store: MemoryStore) -> None:
     gate.set()
     slow.join()
     assert results == ["slow"]
-    assert IdempotencyRecord("fast") == store.get("t:k")
+    assert IdempotencyRecord("fast") == store.get_now("t:k")
 
 
 # --- duplicates on the event loop ---------------------------------------------
@@ -846,7 +848,7 @@ async def test_cancelled_owner_releases_the_key(store: MemoryStore) -> None:
     assert owner.cancelled_caught
     assert runs == ["owner", "waiter"]
     assert results == ["waiter"]
-    assert IdempotencyRecord("waiter") == store.get("t:k")
+    assert IdempotencyRecord("waiter") == store.get_now("t:k")
 
 
 @pytest.mark.anyio
@@ -1001,7 +1003,7 @@ class NoHitStore(MemoryStore):
 
     __slots__ = ()
 
-    def get(self, key: str) -> IdempotencyRecord | None:
+    def get_now(self, key: str) -> IdempotencyRecord | None:
         """Never find anything, to drive the claim path."""
         return None
 
@@ -1011,7 +1013,7 @@ class BrokenStore(NoHitStore):
 
     __slots__ = ()
 
-    def claim(
+    def claim_now(
         self, key: str, *, owner: str, lease: float, fingerprint: str | None
     ) -> ClaimResult:
         """Report a completed key with no record."""
@@ -1135,3 +1137,88 @@ def test_timeout_outside_bounds_a_sync_duplicates_wait() -> None:
         bounded = timeout(0.02)(work)
         with pytest.raises(TimeoutError):
             bounded()
+
+
+class AsyncOnlyStore:
+    """A custom store with only the public async protocol (no sync twins)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.calls: list[str] = []
+
+    async def claim(
+        self, key: str, *, owner: str, lease: float, fingerprint: str | None
+    ) -> ClaimResult:
+        """Delegate, counting the call."""
+        self.calls.append("claim")
+        return await self.inner.claim(
+            key, owner=owner, lease=lease, fingerprint=fingerprint
+        )
+
+    async def complete(
+        self,
+        key: str,
+        *,
+        owner: str,
+        fence: int,
+        record: IdempotencyRecord,
+        ttl: float,
+    ) -> bool:
+        """Delegate, counting the call."""
+        self.calls.append("complete")
+        return await self.inner.complete(
+            key, owner=owner, fence=fence, record=record, ttl=ttl
+        )
+
+    async def release(self, key: str, *, owner: str, fence: int) -> bool:
+        """Delegate, counting the call."""
+        self.calls.append("release")
+        return await self.inner.release(key, owner=owner, fence=fence)
+
+    async def get(self, key: str) -> IdempotencyRecord | None:
+        """Delegate."""
+        return await self.inner.get(key)
+
+    async def forget(self, key: str) -> None:
+        """Delegate."""
+        await self.inner.forget(key)
+
+    async def wait(self, key: str, *, timeout: float) -> None:
+        """Delegate, counting the call."""
+        self.calls.append("wait")
+        await self.inner.wait(key, timeout=timeout)
+
+
+@pytest.mark.anyio
+async def test_a_custom_async_store_runs_once_and_wakes_waiters() -> None:
+    """Through the public protocol only: one body, waiters use wait, a thread works."""
+    store = AsyncOnlyStore()
+    gate = anyio.Event()
+    runs: list[int] = []
+
+    @idempotent(key="k", namespace="t", store=store)
+    async def task() -> int:
+        runs.append(1)
+        await gate.wait()
+        return 4
+
+    @idempotent(key="k", namespace="t", store=store)
+    def sync_task() -> int:
+        runs.append(2)
+        return 5
+
+    results: list[int] = []
+
+    async def call() -> None:
+        results.append(await task())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            tg.start_soon(call)
+            while "wait" not in store.calls:
+                await anyio.sleep(0)
+            gate.set()
+        assert await anyio.to_thread.run_sync(sync_task) == 4
+    assert (results, runs) == ([4, 4], [1])
+    assert store.calls.count("complete") == 1

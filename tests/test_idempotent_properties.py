@@ -123,6 +123,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.clock = ManualClock()
         self.store = MemoryStore(max_entries=3, clock=self.clock)
         self.claims: dict[str, tuple[str, float]] = {}
+        # The fence each owner last got for each key (0 before any claim).
+        self.fences: dict[tuple[str, str], int] = {}
         self.done: OrderedDict[str, tuple[IdempotencyRecord, float]] = OrderedDict()
 
     def _record(self, key: str) -> IdempotencyRecord | None:
@@ -146,7 +148,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(key=keys, owner=owners, lease=st.sampled_from([1.0, 5.0]))
     def claim(self, key: str, owner: str, lease: float) -> None:
         """Claiming agrees with the model: record, running claim, or a new claim."""
-        found = self.store.claim(key, owner=owner, lease=lease, fingerprint=None)
+        found = self.store.claim_now(key, owner=owner, lease=lease, fingerprint=None)
         record = self._record(key)
         held = self.claims.get(key)
         if record is not None:
@@ -158,6 +160,8 @@ class StoreMachine(RuleBasedStateMachine):
             )
         else:
             assert found.status == "claimed"
+            assert found.fence > max(self.fences.values(), default=0)
+            self.fences[key, owner] = found.fence
             self.claims[key] = (owner, self.clock() + lease)
             self._evict()
 
@@ -167,7 +171,10 @@ class StoreMachine(RuleBasedStateMachine):
     def complete(self, key: str, owner: str, value: int, ttl: float) -> None:
         """Only the holder of a claim may record it."""
         record = IdempotencyRecord(value)
-        ok = self.store.complete(key, owner=owner, record=record, ttl=ttl)
+        fence = self.fences.get((key, owner), 0)
+        ok = self.store.complete_now(
+            key, owner=owner, fence=fence, record=record, ttl=ttl
+        )
         held = self.claims.get(key)
         assert (held is not None and held[0] == owner) == ok
         if ok:
@@ -181,19 +188,20 @@ class StoreMachine(RuleBasedStateMachine):
         """Only the holder of a claim may release it."""
         held = self.claims.get(key)
         expected = held is not None and held[0] == owner
-        assert expected == self.store.release(key, owner=owner)
+        fence = self.fences.get((key, owner), 0)
+        assert expected == self.store.release_now(key, owner=owner, fence=fence)
         if expected:
             del self.claims[key]
 
     @rule(key=keys)
     def get(self, key: str) -> None:
         """get returns exactly the unexpired record."""
-        assert self._record(key) == self.store.get(key)
+        assert self._record(key) == self.store.get_now(key)
 
     @rule(key=keys)
     def forget(self, key: str) -> None:
         """forget drops the key whatever it held."""
-        self.store.forget(key)
+        self.store.forget_now(key)
         self.claims.pop(key, None)
         self.done.pop(key, None)
 
@@ -244,14 +252,14 @@ def test_a_template_key_is_what_str_format_gives(template: str, a: str, b: str) 
     expected = template.format(a=a, b=b)
     task(a, b)
     task(b=b, a=a + "-")
-    assert store.get(f"ns:{expected}") is not None
-    assert store.get("ns:" + template.format(a=a + "-", b=b)) is not None
+    assert store.get_now(f"ns:{expected}") is not None
+    assert store.get_now("ns:" + template.format(a=a + "-", b=b)) is not None
     try:
         formatted = format(b, a)
     except ValueError:  # "{b:{a}}" needs ``a`` to be a valid format spec
         return
     spec_task(a, b=b)
-    assert store.get("slow:" + template.format(a=a, b=b) + formatted) is not None
+    assert store.get_now("slow:" + template.format(a=a, b=b) + formatted) is not None
 
 
 def test_escaped_braces_are_kept_in_the_key() -> None:
@@ -267,7 +275,7 @@ def test_escaped_braces_are_kept_in_the_key() -> None:
         return a, b
 
     f("x")
-    assert store.get("f:v{1}:x") is not None
+    assert store.get_now("f:v{1}:x") is not None
     assert g("x", "}y") == ("x", "}y")
     assert g("x}", "y") == ("x}", "y")
 

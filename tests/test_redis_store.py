@@ -17,15 +17,13 @@ import anyio
 import coredis
 import pytest
 
-from bgtasks._idempotency.stores import IdempotencyRecord
-from bgtasks._redis._store import FencedClaim
-from bgtasks.redis import (
+from bgtasks import ClaimResult, IdempotencyRecord
+from bgtasks.exceptions import (
     BackendUnavailableError,
-    JSONSerializer,
     RecordedError,
     RecordSerializationError,
-    RedisStore,
 )
+from bgtasks.redis import JSONSerializer, RedisStore
 from redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -68,7 +66,7 @@ async def test_claim_complete_replay(store: RedisStore) -> None:
     )
     assert done is True
     replay = await store.claim("f:k", owner="c", lease=5.0, fingerprint="fp")
-    assert replay == FencedClaim("completed", record({"id": 7}, "fp"), "fp")
+    assert replay == ClaimResult("completed", record({"id": 7}, "fp"), "fp")
     assert await store.get("f:k") == record({"id": 7}, "fp")
 
 
@@ -88,7 +86,7 @@ async def test_a_retried_claim_or_completion_finds_its_own(
     """Repeating a claim or a completion (a lost reply, retried) is no conflict."""
     held = await claim(store, "f:k", "a")
     again = await claim(store, "f:k", "a")
-    assert again == FencedClaim("claimed", fence=held.fence)
+    assert again == ClaimResult("claimed", fence=held.fence)
     for _ in range(2):
         assert await store.complete(
             "f:k", owner="a", fence=held.fence, record=record(1), ttl=9
@@ -126,7 +124,7 @@ async def test_lapsed_lease_is_taken_over_by_exactly_one(store: RedisStore) -> N
     """When a lease lapses, one of many concurrent claimants gets a new fence."""
     stale = await claim(store, "f:k", "old", lease=0.03)
     await anyio.sleep(0.05)
-    results: list[FencedClaim] = []
+    results: list[ClaimResult] = []
 
     async def one(owner: str) -> None:
         results.append(await claim(store, "f:k", owner))
@@ -331,7 +329,7 @@ async def test_none_is_a_value_too(store: RedisStore) -> None:
     """A call that returned None replays None, as completed."""
     held = await claim(store, "f:k", "a")
     await store.complete("f:k", owner="a", fence=held.fence, record=record(None), ttl=9)
-    assert await claim(store, "f:k", "b") == FencedClaim("completed", record(None))
+    assert await claim(store, "f:k", "b") == ClaimResult("completed", record(None))
 
 
 async def test_a_value_json_cannot_hold_fails_and_releases(store: RedisStore) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import anyio
 import pytest
 
 from bgtasks import IdempotencyStore, MemoryStore
 from bgtasks._clock import ManualClock
-from bgtasks._idempotency.stores import CLAIMED, ClaimResult, IdempotencyRecord
+from bgtasks._idempotency.stores import ClaimResult, IdempotencyRecord, LocalStore
+from bgtasks._idempotency.waiting import board
+
+pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
@@ -24,120 +28,190 @@ def store(clock: ManualClock) -> MemoryStore:
     return MemoryStore(max_entries=3, clock=clock)
 
 
-def _complete(store: MemoryStore, key: str, value: object, ttl: float = 60.0) -> None:
-    assert store.claim(key, owner="o", lease=10.0, fingerprint=None) == CLAIMED
-    assert store.complete(key, owner="o", record=IdempotencyRecord(value), ttl=ttl)
+async def _claim(store: MemoryStore, key: str, owner: str, lease: float = 10) -> int:
+    found = await store.claim(key, owner=owner, lease=lease, fingerprint=None)
+    assert found.status == "claimed"
+    return found.fence
+
+
+async def _complete(
+    store: MemoryStore, key: str, value: object, ttl: float = 60.0
+) -> None:
+    fence = await _claim(store, key, "o")
+    record = IdempotencyRecord(value)
+    assert await store.complete(key, owner="o", fence=fence, record=record, ttl=ttl)
 
 
 def test_memory_store_implements_the_protocol() -> None:
-    """MemoryStore passes the runtime check ``@idempotent(store=...)`` makes."""
+    """MemoryStore passes the runtime checks of the public and the local protocol."""
     assert isinstance(MemoryStore(), IdempotencyStore)
+    assert isinstance(MemoryStore(), LocalStore)
     assert not isinstance(object(), IdempotencyStore)
 
 
-def test_claim_complete_and_replay(store: MemoryStore) -> None:
+async def test_claim_complete_and_replay(store: MemoryStore) -> None:
     """A completed key reports its record, the very same value object, every time."""
     value = ("a", 1)
-    assert store.claim("k", owner="o1", lease=5, fingerprint="f") == CLAIMED
+    found = await store.claim("k", owner="o1", lease=5, fingerprint="f")
     record = IdempotencyRecord(value, None, "f")
-    assert store.complete("k", owner="o1", record=record, ttl=60)
-    found = store.claim("k", owner="o2", lease=5, fingerprint="f")
+    assert await store.complete(
+        "k", owner="o1", fence=found.fence, record=record, ttl=60
+    )
+    found = await store.claim("k", owner="o2", lease=5, fingerprint="f")
     assert found.status == "completed"
     assert found.record is record
     assert found.fingerprint == "f"
-    assert store.claim("k", owner="o3", lease=5, fingerprint=None) is found
-    got = store.get("k")
+    assert await store.claim("k", owner="o3", lease=5, fingerprint=None) is found
+    got = await store.get("k")
     assert got is not None
     assert got.value is value
 
 
-def test_running_claim_is_reported_with_its_lease(
+async def test_every_claim_gets_a_larger_fence(
+    store: MemoryStore, clock: ManualClock
+) -> None:
+    """Fences grow with each claim of a key, a lapsed lease's takeover included."""
+    first = await _claim(store, "k", "o1", lease=1)
+    clock.advance(1)
+    second = await _claim(store, "k", "o2", lease=1)
+    assert first < second
+    assert await store.release("k", owner="o2", fence=second)
+    assert second < await _claim(store, "k", "o3")
+
+
+async def test_a_stale_fence_is_refused(store: MemoryStore, clock: ManualClock) -> None:
+    """The same owner with an old fence can neither complete nor release."""
+    old = await _claim(store, "k", "o", lease=1)
+    clock.advance(1)
+    new = await _claim(store, "k", "o", lease=5)
+    record = IdempotencyRecord("late")
+    assert not await store.complete("k", owner="o", fence=old, record=record, ttl=5)
+    assert not await store.release("k", owner="o", fence=old)
+    assert await store.release("k", owner="o", fence=new)
+
+
+async def test_running_claim_is_reported_with_its_lease(
     store: MemoryStore, clock: ManualClock
 ) -> None:
     """A second owner sees the claim in progress, its fingerprint and lease left."""
-    store.claim("k", owner="o1", lease=10, fingerprint="f1")
+    await store.claim("k", owner="o1", lease=10, fingerprint="f1")
     clock.advance(4)
-    found = store.claim("k", owner="o2", lease=10, fingerprint="f2")
+    found = await store.claim("k", owner="o2", lease=10, fingerprint="f2")
     assert ClaimResult("in_progress", None, "f1", 6.0) == found
-    assert store.get("k") is None
+    assert await store.get("k") is None
 
 
-def test_only_the_owner_completes_or_releases(store: MemoryStore) -> None:
+async def test_only_the_owner_completes_or_releases(store: MemoryStore) -> None:
     """Another owner's complete or release is refused and changes nothing."""
-    store.claim("k", owner="o1", lease=10, fingerprint=None)
-    assert not store.complete("k", owner="o2", record=IdempotencyRecord(1), ttl=5)
-    assert not store.release("k", owner="o2")
-    assert (
-        store.claim("k", owner="o2", lease=1, fingerprint=None).status == "in_progress"
-    )
-    assert store.release("k", owner="o1")
-    assert not store.release("k", owner="o1")
-    assert not store.complete("k", owner="o1", record=IdempotencyRecord(1), ttl=5)
-    assert store.claim("k", owner="o2", lease=1, fingerprint=None) == CLAIMED
+    fence = await _claim(store, "k", "o1")
+    one = IdempotencyRecord(1)
+    assert not await store.complete("k", owner="o2", fence=fence, record=one, ttl=5)
+    assert not await store.release("k", owner="o2", fence=fence)
+    found = await store.claim("k", owner="o2", lease=1, fingerprint=None)
+    assert found.status == "in_progress"
+    assert await store.release("k", owner="o1", fence=fence)
+    assert not await store.release("k", owner="o1", fence=fence)
+    assert not await store.complete("k", owner="o1", fence=fence, record=one, ttl=5)
+    await _claim(store, "k", "o2", lease=1)
 
 
-def test_expired_lease_is_taken_over(store: MemoryStore, clock: ManualClock) -> None:
+async def test_expired_lease_is_taken_over(
+    store: MemoryStore, clock: ManualClock
+) -> None:
     """After the lease a new owner claims the key; the old one can no longer record."""
-    store.claim("k", owner="crashed", lease=10, fingerprint=None)
+    crashed = await _claim(store, "k", "crashed")
     clock.advance(10)
-    assert store.claim("k", owner="o2", lease=10, fingerprint=None) == CLAIMED
+    fence = await _claim(store, "k", "o2")
     late = IdempotencyRecord("late")
-    assert not store.complete("k", owner="crashed", record=late, ttl=5)
-    assert store.complete("k", owner="o2", record=IdempotencyRecord("new"), ttl=5)
-    assert IdempotencyRecord("new") == store.get("k")
+    assert not await store.complete(
+        "k", owner="crashed", fence=crashed, record=late, ttl=5
+    )
+    new = IdempotencyRecord("new")
+    assert await store.complete("k", owner="o2", fence=fence, record=new, ttl=5)
+    assert new == await store.get("k")
 
 
-def test_record_expires_after_ttl(store: MemoryStore, clock: ManualClock) -> None:
+async def test_record_expires_after_ttl(store: MemoryStore, clock: ManualClock) -> None:
     """A record lives ``ttl`` seconds by the store's clock, then the key is free."""
-    _complete(store, "k", 1, ttl=30)
+    await _complete(store, "k", 1, ttl=30)
     clock.advance(29.5)
-    assert store.claim("k", owner="x", lease=1, fingerprint=None).status == "completed"
+    found = await store.claim("k", owner="x", lease=1, fingerprint=None)
+    assert found.status == "completed"
     clock.advance(0.5)
-    assert store.get("k") is None
-    _complete(store, "j", 2, ttl=30)
+    assert await store.get("k") is None
+    await _complete(store, "j", 2, ttl=30)
     clock.advance(30)
-    assert store.claim("j", owner="o2", lease=1, fingerprint=None) == CLAIMED
+    await _claim(store, "j", "o2", lease=1)
 
 
-def test_lru_evicts_least_recently_used_records(store: MemoryStore) -> None:
+async def test_lru_evicts_least_recently_used_records(store: MemoryStore) -> None:
     """Past max_entries the least recently used record goes; a hit counts as a use."""
     for key in "abc":
-        _complete(store, key, key)
-    store.claim("a", owner="x", lease=1, fingerprint=None)  # a hit: a is fresh now
-    _complete(store, "d", "d")
-    assert store.get("b") is None
+        await _complete(store, key, key)
+    await store.claim("a", owner="x", lease=1, fingerprint=None)  # a hit: a is fresh
+    await _complete(store, "d", "d")
+    assert await store.get("b") is None
     assert len(store) == 3
-    assert store.get("c") is not None  # c is used now; a is the oldest
-    _complete(store, "e", "e")
-    assert store.get("a") is None
-    assert [k for k in "abcde" if store.get(k) is not None] == ["c", "d", "e"]
+    assert await store.get("c") is not None  # c is used now; a is the oldest
+    await _complete(store, "e", "e")
+    assert await store.get("a") is None
+    assert [k for k in "abcde" if store.get_now(k) is not None] == ["c", "d", "e"]
 
 
-def test_lru_never_evicts_running_claims(store: MemoryStore) -> None:
+async def test_lru_never_evicts_running_claims(store: MemoryStore) -> None:
     """Claims are running work: they stay even when they alone exceed the bound."""
-    _complete(store, "done", 1)
+    await _complete(store, "done", 1)
     for n in range(5):
-        assert store.claim(f"run{n}", owner="o", lease=9, fingerprint=None) == CLAIMED
-    assert store.get("done") is None
+        await _claim(store, f"run{n}", "o", lease=9)
+    assert await store.get("done") is None
     assert len(store) == 5
     for n in range(5):
-        found = store.claim(f"run{n}", owner="p", lease=9, fingerprint=None)
+        found = await store.claim(f"run{n}", owner="p", lease=9, fingerprint=None)
         assert found.status == "in_progress"
 
 
-def test_forget_and_clear(store: MemoryStore) -> None:
+async def test_forget_and_clear(store: MemoryStore) -> None:
     """forget drops one key, record or claim; clear drops everything."""
-    _complete(store, "a", 1)
-    store.claim("b", owner="o", lease=9, fingerprint=None)
-    store.forget("a")
-    store.forget("b")
-    store.forget("never-seen")
+    await _complete(store, "a", 1)
+    await _claim(store, "b", "o", lease=9)
+    await store.forget("a")
+    await store.forget("b")
+    await store.forget("never-seen")
     assert len(store) == 0
-    assert store.claim("b", owner="p", lease=9, fingerprint=None) == CLAIMED
-    _complete(store, "c", 3)
+    await _claim(store, "b", "p", lease=9)
+    await _complete(store, "c", 3)
     store.clear()
     assert len(store) == 0
-    assert store.get("c") is None
+    assert await store.get("c") is None
+
+
+async def test_wait_returns_when_the_claim_lands(store: MemoryStore) -> None:
+    """wait returns at once on a free key, and when a running claim is released."""
+    with anyio.fail_after(5):
+        await store.wait("free", timeout=60)
+    fence = await _claim(store, "k", "o", lease=60)
+    done = anyio.Event()
+
+    async def waiter() -> None:
+        await store.wait("k", timeout=60)
+        done.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            while board.waiting(store, "k") == 0:
+                await anyio.sleep(0)
+            assert not done.is_set()
+            assert await store.release("k", owner="o", fence=fence)
+    assert done.is_set()
+
+
+async def test_wait_gives_up_after_its_timeout(store: MemoryStore) -> None:
+    """A wait on a claim nobody lands ends after ``timeout`` and leaves the board."""
+    await _claim(store, "k", "o", lease=60)
+    with anyio.fail_after(5):
+        await store.wait("k", timeout=0.01)
+    assert board.waiting(store, "k") == 0
 
 
 def test_claims_race_across_threads() -> None:
@@ -149,7 +223,7 @@ def test_claims_race_across_threads() -> None:
     def claim(n: int) -> None:
         start.wait()
         results.append(
-            store.claim("k", owner=str(n), lease=60, fingerprint=None).status
+            store.claim_now("k", owner=str(n), lease=60, fingerprint=None).status
         )
 
     threads = [threading.Thread(target=claim, args=(n,)) for n in range(16)]

@@ -1,7 +1,7 @@
 """Share bgtasks' state across worker processes and hosts through Redis (or Valkey).
 
 Needs the ``redis`` extra: ``pip install "bgtasks[redis]"`` (coredis, which
-runs on asyncio and trio alike).
+runs on asyncio and trio alike). Its errors live in :mod:`bgtasks.exceptions`.
 
 Examples:
     >>> from bgtasks.redis import RedisStore
@@ -11,18 +11,10 @@ Examples:
 from __future__ import annotations
 
 from ._redis._codec import JSONSerializer, Serializer
-from ._redis._errors import (
-    BackendUnavailableError,
-    RecordedError,
-    RecordSerializationError,
-)
 from ._redis._store import RedisStore
 
 __all__ = [
-    "BackendUnavailableError",
     "JSONSerializer",
-    "RecordSerializationError",
-    "RecordedError",
     "RedisStore",
     "Serializer",
 ]

@@ -92,11 +92,11 @@ async def use_async() -> None:
 
 
 def use_store() -> None:
-    record = store.get("billing.charge:o1")
+    record = store.get_now("billing.charge:o1")
     if record is not None:
         assert_type(record.value, object)
         assert_type(record.error, Exception | None)
-    store.forget("billing.charge:o1")
+    store.forget_now("billing.charge:o1")
     store.clear()
     assert_type(len(store), int)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import coredis
 from typing_extensions import assert_type
 
-from bgtasks._idempotency.stores import IdempotencyRecord
-from bgtasks._redis._store import FencedClaim
-from bgtasks.redis import JSONSerializer, RecordedError, RedisStore
+from bgtasks import ClaimResult, IdempotencyRecord, IdempotencyStore, idempotent
+from bgtasks.exceptions import RecordedError
+from bgtasks.redis import JSONSerializer, RedisStore
 
 store = RedisStore.from_url("redis://localhost", prefix="shop", timeout=0.5)
 assert_type(store, RedisStore)
@@ -32,7 +32,7 @@ RedisStore.from_url("redis://localhost", serializer=NoLoads())  # type: ignore[a
 
 async def use() -> None:
     found = await store.claim("k", owner="o", lease=5.0, fingerprint=None)
-    assert_type(found, FencedClaim)
+    assert_type(found, ClaimResult)
     assert_type(found.fence, int)
     record = IdempotencyRecord(1, None, None)
     ok = await store.complete("k", owner="o", fence=found.fence, record=record, ttl=9)
@@ -45,3 +45,15 @@ async def use() -> None:
     await store.aclose()
     error = RecordedError("m.E", "boom", ("boom",))
     assert_type(error.resolve((ValueError,)), Exception)
+
+
+shared: IdempotencyStore = store  # RedisStore implements the public protocol
+
+
+@idempotent(key="charge:{order}", store=store, on_store_error="run")
+async def charge(order: str) -> int:
+    return 1
+
+
+async def use_charge() -> None:
+    assert_type(await charge("o1"), int)

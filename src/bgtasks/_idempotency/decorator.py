@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
+import anyio.from_thread
 from typing_extensions import ParamSpec
 
 from .._context import IDEMPOTENT_MARKER, outcome_var, report_outcome
 from .._validate import to_seconds
 from .._wrap import callable_name, check_decoratable, unwrap_partial, wrap_same_kind
+from ..exceptions import NoEventLoopError
 from .keys import make_fingerprint, make_key
-from .policy import RUN, OnDuplicate, Policy, new_owner
+from .policy import (
+    RUN,
+    UNGUARDED,
+    OnDuplicate,
+    OnStoreError,
+    Policy,
+    StoreCall,
+    new_owner,
+)
 from .stores import IdempotencyStore, MemoryStore
 
 __all__ = ["default_store", "idempotent"]
@@ -24,6 +34,7 @@ R = TypeVar("R")
 _DEFAULT_TTL = 24 * 3600.0
 _DEFAULT_LEASE = 600.0
 _MODES = ("wait", "skip", "raise")
+_STORE_ERRORS = ("raise", "run")
 _MISSING: Any = object()
 
 # Shared by every @idempotent function not given store=.
@@ -73,6 +84,7 @@ def idempotent(
     store: IdempotencyStore | None = None,
     fingerprint: bool | Callable[..., str] = False,
     record_errors: type[Exception] | tuple[type[Exception], ...] = (),
+    on_store_error: OnStoreError = "raise",
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -88,6 +100,7 @@ def idempotent(
     store: IdempotencyStore | None = None,
     fingerprint: bool | Callable[..., str] = False,
     record_errors: type[Exception] | tuple[type[Exception], ...] = (),
+    on_store_error: OnStoreError = "raise",
 ) -> SkippingDecorator: ...
 
 
@@ -104,6 +117,7 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
     store: IdempotencyStore | None = None,
     fingerprint: bool | Callable[..., str] = False,
     record_errors: type[Exception] | tuple[type[Exception], ...] = (),
+    on_store_error: OnStoreError = "raise",
 ) -> Any:
     """Run the decorated task once per key; repeated calls get the recorded result.
 
@@ -134,7 +148,9 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
         namespace: prefix of every key, ``"<module>.<qualname>"`` by default;
             set it so that renaming the function keeps its keys.
         store: where claims and results live; a process-wide
-            :class:`~bgtasks.MemoryStore` by default.
+            :class:`~bgtasks.MemoryStore` by default, or a shared store such
+            as ``bgtasks.redis.RedisStore`` (any async
+            :class:`~bgtasks.IdempotencyStore`).
         fingerprint: ``True`` to compare each call's arguments (by ``repr``)
             with those of the call that holds the key, raising
             :class:`~bgtasks.exceptions.IdempotencyConflictError` when they
@@ -142,11 +158,16 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
         record_errors: exception types recorded as the outcome instead of
             releasing the key: later calls re-raise a copy of the exception
             instance without running.
+        on_store_error: what a call does when its store cannot be reached:
+            ``"raise"`` :class:`~bgtasks.exceptions.BackendUnavailableError`
+            without running (the default: fail closed), or ``"run"`` the body
+            anyway, unguarded, with a WARNING.
 
     Raises:
         TypeError: an option has the wrong type, ``key`` is missing, or the
             decorator was used bare (``@idempotent`` without parentheses).
-        ValueError: an unknown ``on_duplicate``, a non-positive duration, an
+        ValueError: an unknown ``on_duplicate`` or ``on_store_error``, a
+            non-positive duration, an
             empty key, or a key template naming something that is not an
             argument.
 
@@ -185,6 +206,12 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
             f"@idempotent(on_duplicate={on_duplicate!r}) must be one of "
             f"{', '.join(map(repr, _MODES))}."
         )
+    if on_store_error not in _STORE_ERRORS:
+        raise ValueError(
+            f"@idempotent(on_store_error={on_store_error!r}) must be one of "
+            f'{", ".join(map(repr, _STORE_ERRORS))}: "raise" fails closed, "run" '
+            "runs the body unguarded when the store is down."
+        )
     ttl_s = to_seconds(ttl, "@idempotent(ttl=...)", finite=False)
     lease_s = to_seconds(lease, "@idempotent(lease=...)")
     wait_s = (
@@ -205,8 +232,8 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
     given = cast("object", store)
     if given is not None and not isinstance(given, IdempotencyStore):
         raise TypeError(
-            f"@idempotent(store=...) must implement IdempotencyStore (claim, "
-            f"complete, release, get, forget), got {type(given).__name__}."
+            f"@idempotent(store=...) must implement IdempotencyStore (async claim, "
+            f"complete, release, get, forget, wait), got {type(given).__name__}."
         )
     if not (isinstance(fingerprint, bool) or callable(fingerprint)):
         raise TypeError(
@@ -236,12 +263,18 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
             lease=lease_s,
             wait_timeout=wait_s,
             record_errors=errors,
+            on_store_error=on_store_error,
         )
+        local = policy.local is not None
         wrapper = wrap_same_kind(
             func,
             "idempotent",
-            sync=functools.partial(_sync_wrapper, policy),
-            async_=functools.partial(_async_wrapper, policy),
+            sync=functools.partial(
+                _sync_wrapper if local else _sync_store_wrapper, policy
+            ),
+            async_=functools.partial(
+                _async_wrapper if local else _async_store_wrapper, policy
+            ),
         )
         # After update_wrapper, so an idempotent below does not replace it.
         wrapper.__dict__[IDEMPOTENT_MARKER] = policy.start_reporting
@@ -252,14 +285,15 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
 
 def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any]:
     # Locals: the hit path is a handful of lookups, no attribute access on policy.
-    store, key_of, fingerprint_of = policy.store, policy.key_of, policy.fingerprint_of
+    store, key_of, fingerprint_of = policy.local, policy.key_of, policy.fingerprint_of
+    assert store is not None  # chosen for a local store only
     lease = policy.lease
     reporting = False  # until a logged above calls report(): one cell read a hit
 
     def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
         key = key_of(args, kwargs)
         fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
-        record = store.get(key)
+        record = store.get_now(key)
         if record is not None:
             if reporting:
                 report_outcome("replayed")
@@ -269,17 +303,18 @@ def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any
         # The logged call around, read now: the body may set another one.
         slot = outcome_var.get() if reporting else None
         owner = new_owner()
-        found = store.claim(key, owner=owner, lease=lease, fingerprint=fp)
+        found = store.claim_now(key, owner=owner, lease=lease, fingerprint=fp)
         if found.status != "claimed":
-            settled = policy.settle_sync(found, key, owner, fp)
+            settled, claim = policy.settle_sync(found, key, owner, fp)
             if settled is not RUN:
                 return settled
+            found = claim
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:
-            policy.fail(key, owner, fp, exc, slot)
+            policy.fail(key, owner, found.fence, fp, exc, slot)
             raise
-        policy.succeed(key, owner, fp, value, slot)
+        policy.succeed(key, owner, found.fence, fp, value, slot)
         return value
 
     def report() -> None:
@@ -294,14 +329,15 @@ def _async_wrapper(
     policy: Policy, func: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Awaitable[Any]]:
     # Locals: the hit path is a handful of lookups, no attribute access on policy.
-    store, key_of, fingerprint_of = policy.store, policy.key_of, policy.fingerprint_of
+    store, key_of, fingerprint_of = policy.local, policy.key_of, policy.fingerprint_of
+    assert store is not None  # chosen for a local store only
     lease = policy.lease
     reporting = False  # until a logged above calls report(): one cell read a hit
 
     async def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
         key = key_of(args, kwargs)
         fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
-        record = store.get(key)
+        record = store.get_now(key)
         if record is not None:
             if reporting:
                 report_outcome("replayed")
@@ -311,17 +347,18 @@ def _async_wrapper(
         # The logged call around, read now: the body may set another one.
         slot = outcome_var.get() if reporting else None
         owner = new_owner()
-        found = store.claim(key, owner=owner, lease=lease, fingerprint=fp)
+        found = store.claim_now(key, owner=owner, lease=lease, fingerprint=fp)
         if found.status != "claimed":
-            settled = await policy.settle_async(found, key, owner, fp)
+            settled, claim = await policy.settle_async(found, key, owner, fp)
             if settled is not RUN:
                 return settled
+            found = claim
         try:
             value = await func(*args, **kwargs)
         except BaseException as exc:
-            policy.fail(key, owner, fp, exc, slot)
+            policy.fail(key, owner, found.fence, fp, exc, slot)
             raise
-        policy.succeed(key, owner, fp, value, slot)
+        policy.succeed(key, owner, found.fence, fp, value, slot)
         return value
 
     def report() -> None:
@@ -330,3 +367,123 @@ def _async_wrapper(
 
     policy.start_reporting = report
     return idempotent_wrapper
+
+
+def _sync_store_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any]:
+    # An async store, from a worker thread: each store call goes to the loop.
+    key_of, fingerprint_of = policy.key_of, policy.fingerprint_of
+
+    def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = key_of(args, kwargs)
+        fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
+        slot = outcome_var.get() if policy.reporting else None
+        owner = new_owner()
+        steps = policy.begin(key, owner, fp, in_thread=True)
+        decision, claim = _drive_in_thread(policy, steps)
+        if decision is UNGUARDED:
+            return func(*args, **kwargs)
+        if decision is not RUN:
+            return decision
+        try:
+            value = func(*args, **kwargs)
+        except BaseException as exc:
+            if slot is not None:
+                slot.pop("outcome", None)  # it ran: see Policy.succeed
+            _from_thread(policy, policy.finish, (key, owner, claim, fp, None, exc))
+            raise
+        if slot is not None:
+            slot.pop("outcome", None)
+        _from_thread(policy, policy.finish, (key, owner, claim, fp, value, None))
+        return value
+
+    return idempotent_wrapper
+
+
+def _async_store_wrapper(
+    policy: Policy, func: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    # An async store: one claim per call, replays included (one round trip).
+    key_of, fingerprint_of = policy.key_of, policy.fingerprint_of
+
+    async def idempotent_wrapper(*args: Any, **kwargs: Any) -> Any:
+        key = key_of(args, kwargs)
+        fp = None if fingerprint_of is None else fingerprint_of(args, kwargs)
+        slot = outcome_var.get() if policy.reporting else None
+        owner = new_owner()
+        decision, claim = await _drive(policy.begin(key, owner, fp, in_thread=False))
+        if decision is UNGUARDED:
+            return await func(*args, **kwargs)
+        if decision is not RUN:
+            return decision
+        try:
+            value = await func(*args, **kwargs)
+        except BaseException as exc:
+            if slot is not None:
+                slot.pop("outcome", None)  # it ran: see Policy.succeed
+            await policy.finish(key, owner, claim, fp, None, exc)
+            raise
+        if slot is not None:
+            slot.pop("outcome", None)
+        await policy.finish(key, owner, claim, fp, value, None)
+        return value
+
+    return idempotent_wrapper
+
+
+async def _drive(steps: Generator[StoreCall, Any, Any]) -> Any:
+    """Run ``steps``' store calls on this loop; return what the generator returns."""
+    try:
+        fn, args = next(steps)
+        while True:
+            try:
+                result = await fn(*args)
+            except Exception as exc:  # noqa: PERF203 - each store error goes back in
+                fn, args = steps.throw(exc)
+            else:
+                fn, args = steps.send(result)
+    except StopIteration as done:
+        return done.value
+    finally:
+        steps.close()
+
+
+def _drive_in_thread(policy: Policy, steps: Generator[StoreCall, Any, Any]) -> Any:
+    """Run ``steps``' store calls on the loop this worker thread belongs to."""
+    try:
+        fn, args = next(steps)
+        while True:
+            try:
+                result = _from_thread(policy, fn, args)
+            except Exception as exc:  # noqa: PERF203 - each store error goes back in
+                fn, args = steps.throw(exc)
+            else:
+                fn, args = steps.send(result)
+    except StopIteration as done:
+        return done.value
+    finally:
+        steps.close()
+
+
+def _from_thread(
+    policy: Policy, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+) -> Any:
+    """Await ``fn(*args)`` on this worker thread's loop, or say why there is none."""
+    started = False
+
+    async def call() -> Any:
+        nonlocal started
+        started = True
+        return await fn(*args)
+
+    try:
+        return anyio.from_thread.run(call)
+    except RuntimeError:
+        if started:  # the store's own error, not a missing loop
+            raise
+        raise NoEventLoopError(
+            f"{policy.name}() is a sync function with an async idempotency store "
+            f"({type(policy.store).__name__}), called outside an anyio worker "
+            "thread, so there is no event loop to reach the store through: make it "
+            "async def, run it in a worker thread of the running loop (Starlette's "
+            "BackgroundTasks, anyio.to_thread.run_sync), or use MemoryStore."
+        ) from None

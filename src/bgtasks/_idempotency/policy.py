@@ -1,41 +1,61 @@
 """What an idempotent call does once its key is known: replay, wait, or run and record.
 
-The hit path (a completed key) is in the wrappers themselves; everything here
-runs only on the rarer paths: a duplicate of a running call, or the end of a
-call that ran.
+With a local store (MemoryStore) the hit path is in the wrappers themselves;
+everything here runs only on the rarer paths: a duplicate of a running call,
+or the end of a call that ran. With an async store (Redis) every call starts
+with one claim: :meth:`Policy.begin` is a generator of store calls, driven by
+``await`` in async wrappers and through the event loop's ``from_thread`` in
+sync ones, so the per-call logic is written once for both.
 """
 
 from __future__ import annotations
 
 import copy as _copy
 import itertools
+import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Generator
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import anyio
 
 from .._context import DuplicateOutcome, report_outcome
 from .._deadline import checkpoint, remaining
-from ..exceptions import DuplicateTaskError, IdempotencyConflictError
+from ..exceptions import (
+    BackendUnavailableError,
+    DuplicateTaskError,
+    IdempotencyConflictError,
+    RecordedError,
+    RecordSerializationError,
+)
 from .keys import KeyFunction
-from .stores import ClaimResult, IdempotencyRecord, IdempotencyStore
+from .stores import ClaimResult, IdempotencyRecord, IdempotencyStore, LocalStore
 from .waiting import LoopWaiters, board
 
 _E = TypeVar("_E", bound=BaseException)
 
 # How often a waiting thread looks at its deadline and its task's cancellation.
 _SYNC_WAIT_SLICE = 0.05
+# The same for a thread waiting on an async store: each slice costs a claim.
+_REMOTE_WAIT_SLICE = 0.5
 
-__all__ = ["RUN", "OnDuplicate", "Policy", "new_owner"]
+_logger = logging.getLogger("bgtasks")
+
+__all__ = ["RUN", "UNGUARDED", "OnDuplicate", "OnStoreError", "Policy", "new_owner"]
 
 OnDuplicate = Literal["wait", "skip", "raise"]
+OnStoreError = Literal["raise", "run"]
 
 #: Returned by ``settle_*`` when the caller now holds the claim and must run.
 RUN: Any = object()
+#: Returned by ``begin`` when the store failed and ``on_store_error="run"``.
+UNGUARDED: Any = object()
+
+#: One store call of :meth:`Policy.begin`: a coroutine function and its arguments.
+StoreCall: TypeAlias = tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]
 
 
 class _Owners:
@@ -76,8 +96,10 @@ class Policy:
         "fingerprint_of",
         "key_of",
         "lease",
+        "local",
         "mode",
         "name",
+        "on_store_error",
         "record_errors",
         "reporting",
         "start_reporting",
@@ -98,9 +120,13 @@ class Policy:
         lease: float,
         wait_timeout: float | None,
         record_errors: tuple[type[Exception], ...],
+        on_store_error: OnStoreError = "raise",
     ) -> None:
         self.name = name
         self.store = store
+        # The synchronous twin of the store, when it has one (MemoryStore).
+        self.local = store if isinstance(store, LocalStore) else None
+        self.on_store_error = on_store_error
         self.key_of = key_of
         self.fingerprint_of = fingerprint_of
         self.mode = mode
@@ -120,10 +146,14 @@ class Policy:
                 "claim without a record: ClaimResult.record must be set."
             )
         self._check_conflict(record.fingerprint, fingerprint)
-        if record.error is not None:
+        error = record.error
+        if error is not None:
+            if isinstance(error, RecordedError):
+                # Read back from a shared store: rebuilt only from listed types.
+                raise error.resolve(self.record_errors).with_traceback(None)
             # A fresh copy per replay: concurrent replays would otherwise share,
             # and keep growing, one instance's traceback and context.
-            raise _detached(record.error).with_traceback(None)
+            raise _detached(error).with_traceback(None)
         return record.value
 
     def _check_conflict(self, held: str | None, fingerprint: str | None) -> None:
@@ -134,7 +164,7 @@ class Policy:
                 "arguments."
             )
 
-    def _settle(
+    def settle(
         self, found: ClaimResult, fingerprint: str | None, outcome: DuplicateOutcome
     ) -> Any:
         # A "claimed" or "completed" result: run, or replay.
@@ -144,7 +174,7 @@ class Policy:
             report_outcome(outcome)
         return self.replay(found.record, fingerprint)
 
-    def _duplicate_now(self, found: ClaimResult, fingerprint: str | None) -> Any:
+    def duplicate_now(self, found: ClaimResult, fingerprint: str | None) -> Any:
         # The key is running elsewhere and this mode does not wait.
         self._check_conflict(found.fingerprint, fingerprint)
         if self.mode == "skip":
@@ -185,7 +215,10 @@ class Policy:
         *,
         in_thread: bool,
     ) -> Generator[tuple[float, Any], None, Any]:
-        """Settle a duplicate, for either kind: its return value is the outcome.
+        """Settle a duplicate, for either kind: returns ``(outcome, claim)``.
+
+        ``outcome`` is :data:`RUN` with the caller's new ``claim`` when the key
+        became the caller's, else the value to return.
 
         Replays, skips or raises at once when it can; otherwise yields, again
         and again, how long to wait and what to wait on (a ``threading.Event``
@@ -193,12 +226,13 @@ class Policy:
         flight *before* looking at the store, so no landing is missed.
         """
         if found.status != "in_progress":
-            return self._settle(found, fingerprint, "replayed")
+            return self.settle(found, fingerprint, "replayed"), None
         if self.mode != "wait":
-            return self._duplicate_now(found, fingerprint)
+            return self.duplicate_now(found, fingerprint), None
         clock = time.monotonic if in_thread else anyio.current_time
         deadline = None if self.wait_timeout is None else clock() + self.wait_timeout
-        store = self.store
+        store = self.local
+        assert store is not None  # only wrappers of a local store come here
         while True:
             waiter: object
             loop_waiters: LoopWaiters | None = None
@@ -208,11 +242,13 @@ class Policy:
                 flight, loop_waiters = board.join_loop(store, key)
                 waiter = loop_waiters
             try:
-                found = store.claim(
+                found = store.claim_now(
                     key, owner=owner, lease=self.lease, fingerprint=fingerprint
                 )
+                if found.status == "claimed":
+                    return RUN, found  # the new claim: its fence is the one to use
                 if found.status != "in_progress":
-                    return self._settle(found, fingerprint, "waited")
+                    return self.settle(found, fingerprint, "waited"), None
                 if in_thread:
                     # A blocked thread cannot be cancelled: it waits in short
                     # slices, and checkpoint() raises for a passed @timeout or a
@@ -252,35 +288,40 @@ class Policy:
         finally:
             steps.close()
 
-    def succeed(
+    def succeed(  # noqa: PLR0917 - private, on every run, by position
         self,
         key: str,
         owner: str,
+        fence: int,
         fingerprint: str | None,
         value: object,
         slot: dict[str, Any] | None = None,
     ) -> None:
-        """Record the owner's result and wake the key's waiters.
+        """Record the owner's result in the local store and wake the key's waiters.
 
         ``slot`` is the ``logged`` call's fields read before the body ran: it
         ran, so an outcome a nested call wrote there is not this call's.
         """
         if slot is not None:
             slot.pop("outcome", None)
+        store = self.local
+        assert store is not None  # only wrappers of a local store come here
         try:
-            self.store.complete(
+            store.complete_now(
                 key,
                 owner=owner,
+                fence=fence,
                 record=IdempotencyRecord(value, None, fingerprint),
                 ttl=self.ttl,
             )
         finally:
-            board.land(self.store, key)
+            board.land(store, key)
 
-    def fail(
+    def fail(  # noqa: PLR0917 - private, on every run, by position
         self,
         key: str,
         owner: str,
+        fence: int,
         fingerprint: str | None,
         exc: BaseException,
         slot: dict[str, Any] | None = None,
@@ -288,18 +329,135 @@ class Policy:
         """Record a listed error, or release the claim; then wake the waiters."""
         if slot is not None:
             slot.pop("outcome", None)  # it ran: see succeed
+        store = self.local
+        assert store is not None  # only wrappers of a local store come here
         try:
             if self.record_errors and isinstance(exc, self.record_errors):
-                self.store.complete(
+                store.complete_now(
                     key,
                     owner=owner,
+                    fence=fence,
                     record=IdempotencyRecord(None, _detached(exc), fingerprint),
                     ttl=self.ttl,
                 )
             else:
-                self.store.release(key, owner=owner)
+                store.release_now(key, owner=owner, fence=fence)
         finally:
-            board.land(self.store, key)
+            board.land(store, key)
+
+    # The async store: every method below talks to ``self.store``.
+
+    def begin(
+        self, key: str, owner: str, fingerprint: str | None, *, in_thread: bool
+    ) -> Generator[StoreCall, Any, tuple[Any, ClaimResult | None]]:
+        """Claim ``key`` in an async store, waiting out a running duplicate.
+
+        Yields the store calls to make (the caller awaits each one and sends
+        its result back, or throws its error in) and returns ``(RUN, claim)``
+        when the caller must run, ``(UNGUARDED, None)`` when the store failed
+        and ``on_store_error="run"``, or ``(outcome, None)`` for a replay, a
+        skip or a finished wait (raising what those raise).
+        """
+        store = self.store
+        claim_args = (key, owner, self.lease, fingerprint)
+        try:
+            found: ClaimResult = yield (_claim, (store, *claim_args))
+            if found.status == "in_progress" and self.mode == "wait":
+                clock = time.monotonic if in_thread else anyio.current_time
+                deadline = (
+                    None if self.wait_timeout is None else clock() + self.wait_timeout
+                )
+                while True:  # found is "in_progress" here
+                    timeout = self._wait_for(found, fingerprint, deadline, clock())
+                    if in_thread:
+                        # See _waits: a thread sees its deadline and its task's
+                        # cancellation between slices.
+                        checkpoint()
+                        left = remaining()
+                        if left is not None:
+                            timeout = min(timeout, left)
+                        timeout = min(timeout, _REMOTE_WAIT_SLICE)
+                    yield (_wait, (store, key, timeout))
+                    found = yield (_claim, (store, *claim_args))
+                    if found.status != "in_progress":
+                        break
+                if found.status == "claimed":
+                    return RUN, found
+                return self.settle(found, fingerprint, "waited"), None
+        except BackendUnavailableError as error:
+            if self.on_store_error == "raise":
+                raise
+            # Our own message: where Redis is and how it failed, no secrets.
+            _logger.warning(
+                "the idempotency store of %s() is unavailable (%s); running it "
+                'without a claim (on_store_error="run"), so a duplicate may run too',
+                self.name,
+                error,
+            )
+            return UNGUARDED, None
+        if found.status == "claimed":
+            return RUN, found
+        if found.status == "in_progress":
+            return self.duplicate_now(found, fingerprint), None
+        return self.settle(found, fingerprint, "replayed"), None
+
+    async def finish(  # noqa: PLR0917 - private, on every run, by position
+        self,
+        key: str,
+        owner: str,
+        claim: ClaimResult,
+        fingerprint: str | None,
+        value: object,
+        exc: BaseException | None,
+    ) -> None:
+        """Complete or release the claim in the async store, even when cancelled.
+
+        A store that fails here is logged and the caller's own outcome stands:
+        the claim then lapses with its lease. A value the store cannot
+        serialize raises :class:`RecordSerializationError` (the store released
+        the claim).
+        """
+        store = self.store
+        with anyio.CancelScope(shield=True):
+            try:
+                if exc is None:
+                    record = IdempotencyRecord(value, None, fingerprint)
+                elif self.record_errors and isinstance(exc, self.record_errors):
+                    record = IdempotencyRecord(None, _detached(exc), fingerprint)
+                else:
+                    await store.release(key, owner=owner, fence=claim.fence)
+                    return
+                await store.complete(
+                    key, owner=owner, fence=claim.fence, record=record, ttl=self.ttl
+                )
+            except RecordSerializationError as error:
+                raise RecordSerializationError(
+                    f"{self.name}() finished with a result its idempotency store "
+                    "cannot serialize, so nothing was recorded and its claim was "
+                    "released: return JSON-able values, or give the store a "
+                    "serializer= that handles them."
+                ) from error
+            except BackendUnavailableError as error:
+                _logger.warning(
+                    "the idempotency store of %s() is unavailable (%s): its outcome "
+                    "was not recorded, and its key stays claimed until its lease ends",
+                    self.name,
+                    error,
+                )
+
+
+async def _claim(
+    store: IdempotencyStore,
+    key: str,
+    owner: str,
+    lease: float,
+    fingerprint: str | None,
+) -> ClaimResult:
+    return await store.claim(key, owner=owner, lease=lease, fingerprint=fingerprint)
+
+
+async def _wait(store: IdempotencyStore, key: str, timeout: float) -> None:  # noqa: ASYNC109 - the store's bound
+    await store.wait(key, timeout=timeout)
 
 
 def _detached(exc: _E) -> _E:

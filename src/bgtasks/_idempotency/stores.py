@@ -1,23 +1,27 @@
 """Where ``@idempotent`` keeps claims and results: the store protocol, MemoryStore.
 
 The records are named tuples: immutable, and several times cheaper to build
-than frozen dataclasses on the path that runs a call. The protocol is
-synchronous on purpose. Decorated functions run both on the
-event loop and in worker threads with no loop at all; a sync store serves both
-without a portal, and MemoryStore's operations are sub-microsecond critical
-sections that an ``await`` would only slow down. Nothing in it blocks for long:
-waiting for a running duplicate is the decorator's job, not the store's.
+than frozen dataclasses on the path that runs a call. The public protocol is
+async: a shared store (Redis, a database) answers over the network. A store
+whose operations never block (MemoryStore: sub-microsecond critical sections)
+also offers them synchronously as :class:`LocalStore`; the decorator then calls
+those directly, with no ``await`` and no event loop needed, and waits for a
+running duplicate on the in-process flight board.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
+import anyio
+
 from .._validate import check_int
+from .waiting import board
 
 __all__ = [
     "CLAIMED",
@@ -25,6 +29,7 @@ __all__ = [
     "ClaimStatus",
     "IdempotencyRecord",
     "IdempotencyStore",
+    "LocalStore",
     "MemoryStore",
 ]
 
@@ -57,15 +62,19 @@ class ClaimResult(NamedTuple):
         fingerprint: the fingerprint of the existing claim or record.
         retry_after: for ``"in_progress"``, seconds after which the caller
             should ask again at the latest (when the other owner's lease ends).
+        fence: for ``"claimed"``, the claim's fencing token: it grows with
+            every claim of the key, and ``complete``/``release`` must name it,
+            so an owner whose lease lapsed cannot overwrite its successor.
     """
 
     status: ClaimStatus
     record: IdempotencyRecord | None = None
     fingerprint: str | None = None
     retry_after: float = 0.0
+    fence: int = 0
 
 
-#: The one ``"claimed"`` result; stores may return it instead of allocating.
+#: A ``"claimed"`` result with fence 0, for stores that do not fence.
 CLAIMED = ClaimResult("claimed")
 
 
@@ -74,53 +83,110 @@ class IdempotencyStore(Protocol):
     """What ``@idempotent`` needs from a store; each method must be atomic.
 
     Keys arrive namespaced (``"<namespace>:<key>"``). An owner is an opaque,
-    unique token per call: only the owner of a claim may complete or release
-    it. A claim whose ``lease`` has run out may be taken by another owner, so
-    a crashed worker cannot block its key forever. A shared store (Redis, a
-    database) implements each method as one atomic operation.
+    unique token per call: only the owner of a claim, with the claim's fence,
+    may complete or release it. A claim whose ``lease`` has run out may be
+    taken by another owner, so a crashed worker cannot block its key forever.
+    A shared store (Redis, a database) implements each method as one atomic
+    operation, and raises :class:`~bgtasks.exceptions.BackendUnavailableError`
+    when it cannot answer.
     """
 
-    def claim(
+    async def claim(
         self, key: str, *, owner: str, lease: float, fingerprint: str | None
     ) -> ClaimResult:
         """Claim ``key`` for ``owner`` for ``lease`` seconds, unless it is taken.
 
         Returns ``"completed"`` with the record if the key has an unexpired
         record, ``"in_progress"`` if another owner's lease is still running,
-        otherwise records the claim and returns ``"claimed"``.
+        otherwise records the claim and returns ``"claimed"`` with its fence.
         """
         ...
 
-    def complete(
-        self, key: str, *, owner: str, record: IdempotencyRecord, ttl: float
+    async def complete(
+        self,
+        key: str,
+        *,
+        owner: str,
+        fence: int,
+        record: IdempotencyRecord,
+        ttl: float,
     ) -> bool:
-        """Replace ``owner``'s claim with ``record``, kept for ``ttl`` seconds.
+        """Replace ``owner``'s claim (``fence``) with ``record``, kept ``ttl`` seconds.
 
         Returns ``False`` (and stores nothing) if ``owner`` no longer holds the
         claim, for instance after its lease ran out and another owner took it.
         """
         ...
 
-    def release(self, key: str, *, owner: str) -> bool:
+    async def release(self, key: str, *, owner: str, fence: int) -> bool:
         """Drop ``owner``'s claim so that the next call runs; ``False`` if not held."""
         ...
 
-    def get(self, key: str) -> IdempotencyRecord | None:
+    async def get(self, key: str) -> IdempotencyRecord | None:
         """Return the unexpired record of ``key``, or ``None``."""
         ...
 
-    def forget(self, key: str) -> None:
+    async def forget(self, key: str) -> None:
         """Drop whatever the store holds for ``key``, record or claim."""
+        ...
+
+    async def wait(self, key: str, *, timeout: float) -> None:  # noqa: ASYNC109 - the protocol's bound
+        """Return once ``key``'s claim may have been completed or released.
+
+        Returns after ``timeout`` seconds at the latest, or at once when the
+        key holds no running claim; the caller then claims again. Waking early
+        is allowed, missing a landing for longer than ``timeout`` is not.
+        """
+        ...
+
+
+@runtime_checkable
+class LocalStore(Protocol):
+    """A store of this process whose operations never block: called without ``await``.
+
+    ``@idempotent`` uses these instead of the async protocol when a store
+    offers them: no event loop is needed, and a replay costs a dictionary
+    lookup. Waiting for a running duplicate goes through the flight board,
+    woken by the decorator itself when it completes or releases.
+    """
+
+    def claim_now(
+        self, key: str, *, owner: str, lease: float, fingerprint: str | None
+    ) -> ClaimResult:
+        """Like :meth:`IdempotencyStore.claim`, synchronously."""
+        ...
+
+    def complete_now(
+        self,
+        key: str,
+        *,
+        owner: str,
+        fence: int,
+        record: IdempotencyRecord,
+        ttl: float,
+    ) -> bool:
+        """Like :meth:`IdempotencyStore.complete`, synchronously."""
+        ...
+
+    def release_now(self, key: str, *, owner: str, fence: int) -> bool:
+        """Like :meth:`IdempotencyStore.release`, synchronously."""
+        ...
+
+    def get_now(self, key: str) -> IdempotencyRecord | None:
+        """Like :meth:`IdempotencyStore.get`, synchronously."""
         ...
 
 
 class _Claim:
-    """An in-progress claim: who holds it and until when."""
+    """An in-progress claim: who holds it, with which fence, and until when."""
 
-    __slots__ = ("fingerprint", "lease_until", "owner")
+    __slots__ = ("fence", "fingerprint", "lease_until", "owner")
 
-    def __init__(self, owner: str, fingerprint: str | None, lease_until: float) -> None:
+    def __init__(
+        self, owner: str, fence: int, fingerprint: str | None, lease_until: float
+    ) -> None:
         self.owner = owner
+        self.fence = fence
         self.fingerprint = fingerprint
         self.lease_until = lease_until
 
@@ -140,6 +206,10 @@ class MemoryStore:
 
     One ``threading.Lock`` guards every operation and is never held across an
     ``await``, so the store is safe between the event loop and worker threads.
+    Each async method has a synchronous twin (``claim_now``, ``complete_now``,
+    ``release_now``, ``get_now``) that ``@idempotent`` calls directly, so sync
+    functions need no event loop. Fences come from one counter per store:
+    every claim of a key gets a larger one than the claim before it.
     Completed records expire ``ttl`` seconds after completion, measured by
     ``clock``. At most ``max_entries`` keys are kept: past that, the least
     recently used *completed* records are evicted; in-progress claims never
@@ -157,11 +227,11 @@ class MemoryStore:
 
     Examples:
         >>> store = MemoryStore(max_entries=1000)
-        >>> store.get("app.send:welcome:a@example.com") is None
+        >>> store.get_now("app.send:welcome:a@example.com") is None
         True
     """
 
-    __slots__ = ("_claims", "_clock", "_done", "_lock", "_max_entries")
+    __slots__ = ("_claims", "_clock", "_done", "_fences", "_lock", "_max_entries")
 
     def __init__(
         self, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
@@ -178,6 +248,8 @@ class MemoryStore:
         # Completed records in least-recently-used order, oldest first.
         self._done: OrderedDict[str, _Done] = OrderedDict()
         self._claims: dict[str, _Claim] = {}
+        # One counter for every key: bounded memory, and still growing per key.
+        self._fences = itertools.count(1)
 
     @property
     def max_entries(self) -> int:
@@ -189,7 +261,7 @@ class MemoryStore:
         with self._lock:
             return len(self._done) + len(self._claims)
 
-    def claim(
+    def claim_now(
         self, key: str, *, owner: str, lease: float, fingerprint: str | None
     ) -> ClaimResult:
         """Claim ``key`` for ``owner``, or report its record or running claim."""
@@ -209,18 +281,25 @@ class MemoryStore:
                     retry_after=running.lease_until - now,
                 )
             # Absent, or the holder's lease ran out: the key is this owner's now.
-            self._claims[key] = _Claim(owner, fingerprint, now + lease)
+            fence = next(self._fences)
+            self._claims[key] = _Claim(owner, fence, fingerprint, now + lease)
             self._evict()
-            return CLAIMED
+            return ClaimResult("claimed", None, None, 0.0, fence)
 
-    def complete(
-        self, key: str, *, owner: str, record: IdempotencyRecord, ttl: float
+    def complete_now(
+        self,
+        key: str,
+        *,
+        owner: str,
+        fence: int,
+        record: IdempotencyRecord,
+        ttl: float,
     ) -> bool:
-        """Turn ``owner``'s claim into ``record`` for ``ttl`` seconds."""
+        """Turn ``owner``'s claim (``fence``) into ``record`` for ``ttl`` seconds."""
         result = ClaimResult("completed", record, record.fingerprint)
         with self._lock:
             running = self._claims.get(key)
-            if running is None or running.owner != owner:
+            if running is None or running.owner != owner or running.fence != fence:
                 return False
             del self._claims[key]
             self._done[key] = _Done(result, self._clock() + ttl)
@@ -228,16 +307,16 @@ class MemoryStore:
             self._evict()
             return True
 
-    def release(self, key: str, *, owner: str) -> bool:
-        """Drop ``owner``'s claim on ``key``."""
+    def release_now(self, key: str, *, owner: str, fence: int) -> bool:
+        """Drop ``owner``'s claim (``fence``) on ``key``."""
         with self._lock:
             running = self._claims.get(key)
-            if running is None or running.owner != owner:
+            if running is None or running.owner != owner or running.fence != fence:
                 return False
             del self._claims[key]
             return True
 
-    def get(self, key: str) -> IdempotencyRecord | None:
+    def get_now(self, key: str) -> IdempotencyRecord | None:
         """Return the unexpired record of ``key``, or ``None``; counts as a use."""
         with self._lock:
             done = self._done.get(key)
@@ -249,7 +328,7 @@ class MemoryStore:
             self._done.move_to_end(key)
             return done.result.record
 
-    def forget(self, key: str) -> None:
+    def forget_now(self, key: str) -> None:
         """Drop the record or claim of ``key``: the next call runs again.
 
         Forgetting an in-progress key lets the next call run at once; the
@@ -258,6 +337,58 @@ class MemoryStore:
         with self._lock:
             self._done.pop(key, None)
             self._claims.pop(key, None)
+        board.land(self, key)
+
+    async def claim(
+        self, key: str, *, owner: str, lease: float, fingerprint: str | None
+    ) -> ClaimResult:
+        """Claim ``key`` for ``owner``, or report its record or running claim."""
+        return self.claim_now(key, owner=owner, lease=lease, fingerprint=fingerprint)
+
+    async def complete(
+        self,
+        key: str,
+        *,
+        owner: str,
+        fence: int,
+        record: IdempotencyRecord,
+        ttl: float,
+    ) -> bool:
+        """Turn ``owner``'s claim into ``record``; wakes the key's waiters."""
+        try:
+            return self.complete_now(
+                key, owner=owner, fence=fence, record=record, ttl=ttl
+            )
+        finally:
+            board.land(self, key)
+
+    async def release(self, key: str, *, owner: str, fence: int) -> bool:
+        """Drop ``owner``'s claim on ``key``; wakes the key's waiters."""
+        try:
+            return self.release_now(key, owner=owner, fence=fence)
+        finally:
+            board.land(self, key)
+
+    async def get(self, key: str) -> IdempotencyRecord | None:
+        """Return the unexpired record of ``key``, or ``None``; counts as a use."""
+        return self.get_now(key)
+
+    async def forget(self, key: str) -> None:
+        """Drop the record or claim of ``key``, as :meth:`forget_now` does."""
+        self.forget_now(key)
+
+    async def wait(self, key: str, *, timeout: float) -> None:  # noqa: ASYNC109 - the protocol's bound
+        """Return when ``key``'s claim lands in this process, or after ``timeout``."""
+        flight, waiters = board.join_loop(self, key)
+        try:
+            with self._lock:
+                running = self._claims.get(key)
+                if running is None or running.lease_until <= self._clock():
+                    return
+            with anyio.move_on_after(timeout):
+                await waiters.event.wait()
+        finally:
+            board.leave(self, key, flight, waiters)
 
     def clear(self) -> None:
         """Drop every record and claim."""

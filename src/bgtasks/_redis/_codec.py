@@ -12,7 +12,8 @@ import contextlib
 import json
 from typing import Protocol, cast, runtime_checkable
 
-from ._errors import RecordedError, RecordSerializationError, qualified_name
+from ..exceptions import RecordedError, RecordSerializationError
+from ._errors import qualified_name
 
 __all__ = [
     "JSONSerializer",

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -23,8 +23,9 @@ import coredis.exceptions
 import coredis.retry
 from coredis.commands import Script
 
-from .._idempotency.stores import ClaimStatus, IdempotencyRecord
+from .._idempotency.stores import ClaimResult, IdempotencyRecord
 from .._idempotency.waiting import board
+from ..exceptions import BackendUnavailableError, RecordSerializationError
 from ._codec import (
     JSONSerializer,
     Serializer,
@@ -35,12 +36,11 @@ from ._codec import (
     encode_value,
 )
 from ._connector import Connector
-from ._errors import BackendUnavailableError, RecordSerializationError
 from ._scripts import CLAIM, COMPLETE, FORGET, RELEASE
 from ._spawn import current_loop, spawn_system_task
 from ._streams import close_streams_on_exit
 
-__all__ = ["FencedClaim", "RedisStore"]
+__all__ = ["RedisStore"]
 
 _SCHEMES = ("redis", "rediss", "unix")
 
@@ -50,24 +50,6 @@ _SCHEMES = ("redis", "rediss", "unix")
 _RETRY = coredis.retry.ConstantRetryPolicy(
     (coredis.exceptions.ConnectionError,), retries=2, delay=0.01
 )
-
-
-class FencedClaim(NamedTuple):
-    """The fields of ``ClaimResult`` (bgtasks._idempotency.stores), plus the fence.
-
-    Until ``ClaimResult`` gains ``fence: int = 0`` (its last field), the Redis
-    store returns this: same fields in the same order, then ``fence``.
-
-    Attributes:
-        fence: for ``"claimed"``, the claim's fencing token: it grows with every
-            claim of the key, so a side effect can refuse a stale owner's write.
-    """
-
-    status: ClaimStatus
-    record: IdempotencyRecord | None = None
-    fingerprint: str | None = None
-    retry_after: float = 0.0
-    fence: int = 0
 
 
 class _Listener:
@@ -305,7 +287,7 @@ class RedisStore:
 
     async def claim(
         self, key: str, *, owner: str, lease: float, fingerprint: str | None
-    ) -> FencedClaim:
+    ) -> ClaimResult:
         """Claim ``key`` for ``owner`` for ``lease`` seconds, unless it is taken.
 
         Returns ``"completed"`` with the record, ``"in_progress"`` with the
@@ -323,14 +305,14 @@ class RedisStore:
         )
         kind = reply[0]
         if kind == 1:
-            return FencedClaim("claimed", fence=int(reply[1]))
+            return ClaimResult("claimed", fence=int(reply[1]))
         held = _fingerprint_of(reply[1])
         if kind == 3:
-            return FencedClaim(
+            return ClaimResult(
                 "in_progress", fingerprint=held, retry_after=int(reply[2]) / 1000
             )
         record = self._record(held, reply[2], reply[3])
-        return FencedClaim("completed", record, held)
+        return ClaimResult("completed", record, held)
 
     def _record(
         self,
