@@ -26,6 +26,8 @@ import anyio
 import coredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from _harness import Config, Report, Row, judge
+
 from bgtasks import IdempotencyRecord, idempotent
 from bgtasks.redis import RedisStore
 from redis_server import RedisServer
@@ -69,7 +71,9 @@ async def _round_trips(
     return await _commands(raw) - before
 
 
-async def _measure(url: str, calls: int, repeats: int) -> dict[str, list[float]]:
+async def _measure(
+    url: str, calls: int, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, int]]:
     store = RedisStore.from_url(url, prefix=f"bench{uuid.uuid4().hex[:8]}")
     run = uuid.uuid4().hex[:8]
     async with coredis.Redis.from_url(url, decode_responses=False) as raw:
@@ -112,7 +116,6 @@ async def _measure(url: str, calls: int, repeats: int) -> dict[str, list[float]]
             ),
             "decorated replay": await _round_trips(raw, lambda: decorated("done")),
         }
-        print("  round trips (INFO commandstats):", trips)
 
         await first_call(0)
         done = await store.claim("b:done", owner="o", lease=10, fingerprint=None)
@@ -142,10 +145,15 @@ async def _measure(url: str, calls: int, repeats: int) -> dict[str, list[float]]
             for name in fns:
                 rows[name].append(best[name])
     await store.aclose()
-    return rows
+    return rows, trips
 
 
-def _report(backend: str, rows: dict[str, list[float]]) -> None:
+def _report(
+    backend: str, measured: tuple[dict[str, list[float]], dict[str, int]]
+) -> None:
+    rows, trips = measured
+    print(f"  round trips (INFO commandstats): {trips}")
+
     def ratios(ours: str, raw: str) -> str:
         r = [a / b for a, b in zip(rows[ours], rows[raw], strict=True)]
         return f"{statistics.median(r):.2f}x ({min(r):.2f}..{max(r):.2f})"
@@ -163,6 +171,41 @@ def _report(backend: str, rows: dict[str, list[float]]) -> None:
     print(f"{backend}:")
     for label, name, note in lines:
         print(f"  {label:18s} {med[name]:7.1f} µs   {note}")
+
+
+def run(report: Report, cfg: Config) -> None:
+    """``nox -s bench``'s "redis" suite: @idempotent with RedisStore vs raw coredis."""
+    section = "7. @idempotent with RedisStore (loopback redis-server)"
+    calls, repeats = (300, 3) if cfg.quick else (2000, 7)
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="bgtasks-bench-"))).start()
+    try:
+        for backend in ("asyncio", "trio"):
+            rows, trips = anyio.run(
+                _measure, server.url, calls, repeats, backend=backend
+            )
+            for label, ours, raw, rt_key, most in (
+                ("first call", "dfirst", "raw2", "decorated first call", 2),
+                ("replay", "dreplay", "raw1", "decorated replay", 1),
+            ):
+                r = [a / b for a, b in zip(rows[ours], rows[raw], strict=True)]
+                row = report.add(
+                    Row(
+                        section,
+                        f"{label} ({backend})",
+                        value=statistics.median(rows[ours]),
+                        note=f"spread {min(r):.2f}..{max(r):.2f}; "
+                        f"{trips[rt_key]} Redis commands, scripts' inner ones included",
+                    )
+                )
+                judge(
+                    row,
+                    f"<= 1.3x raw coredis, <= {most} round trips",
+                    statistics.median(r) <= 1.3,
+                    ratio=statistics.median(r),
+                    ratio_of="raw coredis",
+                )
+    finally:
+        server.kill()
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ SUITES: dict[str, str] = {
     "manager": "manager_bench",
     "memory": "memory_bench",
     "dashboard": "dashboard_bench",
+    "redis": "redis_bench",
 }
 
 
