@@ -364,11 +364,18 @@ class Engine:
     async def _execute_scoped(self, record: TaskRecord) -> Exception | None:
         if self._use_task_handles:
             return await self._execute(record)
-        with anyio.CancelScope() as scope:  # swallows its own cancellation
-            with self.lock:
-                if record.state is _PENDING:  # not cancelled meanwhile
-                    record.run = scope
-            return await self._execute(record)
+        try:
+            with anyio.CancelScope() as scope:  # swallows its own cancellation
+                with self.lock:
+                    if record.state is _PENDING:  # not cancelled meanwhile
+                        record.run = scope
+                return await self._execute(record)
+        except anyio.get_cancelled_exc_class():
+            # anyio < 4.14 on asyncio: a worker thread's check_cancelled() raises
+            # a CancelledError our scope does not take for its own; it is ours.
+            if not scope.cancel_called:
+                raise
+            await anyio.lowlevel.checkpoint_if_cancelled()  # an outer cancel goes on
         return None
 
     async def _execute(self, record: TaskRecord) -> Exception | None:  # noqa: PLR0912 - the hot path, kept in one frame for speed
