@@ -156,6 +156,7 @@ def test_stats_count_every_state_and_time_the_runs() -> None:
         TaskState.SUCCEEDED: 20,
         TaskState.FAILED: 1,
         TaskState.CANCELLED: 1,
+        TaskState.INTERRUPTED: 0,
     }
     assert list(stats.counts) == list(TaskState)
     assert stats.success_rate == pytest.approx(20 / 21)

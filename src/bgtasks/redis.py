@@ -4,8 +4,9 @@ Needs the ``redis`` extra: ``pip install "bgtasks[redis]"`` (coredis, which
 runs on asyncio and trio alike).
 
 Examples:
-    >>> from bgtasks.redis import RedisStore
+    >>> from bgtasks.redis import RedisBackend, RedisStore
     >>> store = RedisStore.from_url("redis://localhost:6379/0", prefix="shop")
+    >>> backend = RedisBackend.from_url("redis://localhost:6379/0", prefix="shop")
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from ._redis._errors import (
     RecordSerializationError,
 )
 from ._redis._store import RedisStore
+from ._redis.backend import RedisBackend
 
 __all__ = [
     "BackendUnavailableError",
     "JSONSerializer",
     "RecordSerializationError",
     "RecordedError",
+    "RedisBackend",
     "RedisStore",
     "Serializer",
 ]
