@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import coredis
+import httpx
 import pytest
 
 from bgtasks import TaskInfo, TaskManager, TaskState, current_task
@@ -297,3 +298,67 @@ async def test_a_manager_without_backend_mirrors_nothing() -> None:
         assert await manager.aget(handle.id) == manager.get(handle.id)
         assert list(await manager.alist()) == list(manager.list())
         assert manager.backend is None
+
+
+async def test_routes_answer_for_every_worker_and_503_while_redis_is_down(
+    private_redis: RedisServer,
+) -> None:
+    """Both routers and the dashboard serve B's view of A's task; 503 when down."""
+    from fastapi import FastAPI
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    import bgtasks.fastapi
+    import bgtasks.starlette
+
+    release = anyio.Event()
+
+    async def job() -> str:
+        await release.wait()
+        return "ok"
+
+    async with _workers(private_redis.url, "t") as (a, b):
+        api = FastAPI()
+        api.include_router(bgtasks.fastapi.task_router(b, prefix="/tasks"))
+        site = Starlette(
+            routes=[
+                Mount("/tasks", bgtasks.starlette.task_router(b)),
+                Mount("/dashboard", bgtasks.starlette.dashboard_router(b)),
+            ]
+        )
+        handle = a.spawn(job)
+        await _until(lambda: b.aget(handle.id), lambda i: i.state is TaskState.RUNNING)
+        for app, listing in ((api, "/tasks"), (site, "/tasks/")):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://test"
+            ) as http:
+                got = await http.get(f"/tasks/{handle.id}")
+                assert (got.status_code, got.json()["state"]) == (200, "running")
+                listed = await http.get(listing)
+                assert [t["id"] for t in listed.json()["tasks"]] == [handle.id]
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=site), base_url="http://test"
+        ) as http:
+            row = await http.get(f"/dashboard/api/tasks/{handle.id}")
+            assert row.status_code == 200
+            private_redis.stop()
+            answers = [
+                await http.get(f"/tasks/{handle.id}"),
+                await http.get("/tasks/"),
+                await http.delete(f"/tasks/{handle.id}"),
+                await http.get(f"/dashboard/api/tasks/{handle.id}"),
+            ]
+            assert [r.status_code for r in answers] == [503, 503, 503, 503]
+            assert answers[0].json() == {
+                "detail": "task state backend unavailable, try again shortly"
+            }
+            assert answers[0].headers["retry-after"] == "1"
+            # Restarted empty (no persistence here): tasks from now on show again.
+            private_redis.restart()
+            release.set()
+            later = a.spawn(job)
+            await later.wait()
+            await _until(lambda: b.aget(later.id), _finished, deadline=10)
+            final = await http.get(f"/tasks/{later.id}")
+            assert (final.status_code, final.json()["result"]) == (200, "ok")
