@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run as a script from anywhere: find the siblings
     sys.path.insert(0, str(HERE))
 
+import backend_bench  # noqa: E402
 import decorators_bench  # noqa: E402
 import manager_bench  # noqa: E402
 import memory_bench  # noqa: E402
@@ -32,6 +33,7 @@ SUITES: dict[str, Callable[[Report, Config], None]] = {
     "retry": retry_bench.run,
     "decorators": decorators_bench.run,
     "manager": manager_bench.run,
+    "backend": backend_bench.run,
     "memory": memory_bench.run,
 }
 
