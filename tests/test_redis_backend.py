@@ -362,3 +362,36 @@ async def test_routes_answer_for_every_worker_and_503_while_redis_is_down(
             await _until(lambda: b.aget(later.id), _finished, deadline=10)
             final = await http.get(f"/tasks/{later.id}")
             assert (final.status_code, final.json()["result"]) == (200, "ok")
+
+
+async def test_transitions_made_in_worker_threads_reach_the_other_worker(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Progress and attempts of a sync task, and a spawn from a thread, are mirrored."""
+    import threading
+
+    from bgtasks import retry
+
+    proceed = threading.Event()
+    tries: list[int] = []
+
+    @retry(on=ConnectionError, attempts=2, backoff=lambda attempt: 0.0)
+    def job() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ConnectionError("first try fails")
+        current_task().set_progress(0.25, "a quarter")
+        proceed.wait(5)
+        return "done"
+
+    async with _workers(redis_url, redis_prefix) as (a, b):
+        handle = await anyio.to_thread.run_sync(a.spawn, job)
+        info = await _until(lambda: b.aget(handle.id), lambda i: i.progress == 0.25)
+        assert (info.state, info.attempt, info.message) == (
+            TaskState.RUNNING,
+            2,
+            "a quarter",
+        )
+        proceed.set()
+        final = await _until(lambda: b.aget(handle.id), _finished)
+    assert (final.state, final.result) == (TaskState.SUCCEEDED, "done")
