@@ -395,3 +395,40 @@ async def test_transitions_made_in_worker_threads_reach_the_other_worker(
         proceed.set()
         final = await _until(lambda: b.aget(handle.id), _finished)
     assert (final.state, final.result) == (TaskState.SUCCEEDED, "done")
+
+
+async def test_a_worker_back_after_its_lease_is_fenced_and_says_so(
+    redis_url: str, redis_prefix: str, records: list[logging.LogRecord]
+) -> None:
+    """A's heartbeat resumes after B reaped it: A logs a WARNING, its writes bounce."""
+    started = anyio.Event()
+
+    async def job() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    async with _workers(redis_url, redis_prefix) as (a, b):
+        handle = a.spawn(job)
+        await started.wait()
+        await _until(lambda: b.aget(handle.id), lambda i: i.state is TaskState.RUNNING)
+        backend = a.backend
+        assert isinstance(backend, RedisBackend)
+        mirror = backend._mirror
+        assert mirror is not None
+        assert mirror._run_scope is not None
+        mirror._run_scope.cancel()  # paused: no heartbeat, no flush
+        await _until(lambda: b.aget(handle.id), _finished, deadline=10)
+        async with anyio.create_task_group() as tg:
+            await tg.start(mirror.run)  # back: its next heartbeat learns it
+            with anyio.fail_after(5):
+                while not any("declared dead" in r.getMessage() for r in records):
+                    await anyio.sleep(0.02)
+            assert await a.cancel(handle.id)
+            assert (await handle.wait()).state == TaskState.CANCELLED
+            await mirror.flush()
+            tg.cancel_scope.cancel()
+        info = await b.aget(handle.id)
+    assert info is not None
+    assert info.state == TaskState.INTERRUPTED
+    fenced = [r for r in records if "declared dead" in r.getMessage()]
+    assert [r.levelno for r in fenced] == [logging.WARNING]
