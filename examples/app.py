@@ -24,6 +24,7 @@ Needs ``fastapi`` and ``python-multipart`` (for the upload).
 import itertools
 import logging
 import logging.config
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -145,9 +146,15 @@ class ImageStore:
 
 # --- Background tasks ---------------------------------------------------------
 
-# One store per process. With several worker processes, use a shared store
-# (Redis, a database) so that a duplicate on another worker is caught too.
-welcome_emails = MemoryStore()
+# Several worker processes share state through Redis when BGTASKS_REDIS_URL is
+# set: the idempotency store here, the task state in create_app. Without it,
+# one store per process: a duplicate on another worker would run again.
+REDIS_URL = os.environ.get("BGTASKS_REDIS_URL")
+welcome_emails: Any = MemoryStore()
+if REDIS_URL:
+    from bgtasks.redis import RedisStore
+
+    welcome_emails = RedisStore.from_url(REDIS_URL, prefix="example")
 
 
 # Order, outside in: one idempotent unit per address; one log line per unit
@@ -233,7 +240,15 @@ def accepted(task_id: str) -> Accepted:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; its TaskManager runs for as long as the app does."""
     settings = settings or Settings()
-    manager = TaskManager(drain_timeout=settings.drain_timeout)
+    backend = None
+    if REDIS_URL:
+        from bgtasks.redis import RedisBackend  # noqa: PLC0415 - coredis only with Redis
+
+        lease = float(os.environ.get("BGTASKS_LEASE", "10"))
+        backend = RedisBackend.from_url(
+            REDIS_URL, prefix="example", lease=lease, timeout=min(2.0, lease / 3)
+        )
+    manager = TaskManager(drain_timeout=settings.drain_timeout, backend=backend)
     app = FastAPI(title="bgtasks example", lifespan=lifespan(manager))
     app.include_router(task_router(manager))
     app.include_router(dashboard_router(manager))

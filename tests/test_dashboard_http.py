@@ -248,6 +248,7 @@ def test_stats_count_every_state(site: Site) -> None:
         "succeeded": 1,
         "failed": 1,
         "cancelled": 0,
+        "interrupted": 0,
     }
     assert [s["value"] for s in body["states"]] == list(body["counts"])
     assert body["success_rate"] == 0.5

@@ -63,6 +63,14 @@ class FakeManager:
     def get(self, task_id: str) -> TaskInfo | None:
         return next((i for i in self.infos if i.id == task_id), None)
 
+    async def aget(self, task_id: str) -> TaskInfo | None:
+        return self.get(task_id)
+
+    async def alist(
+        self, *, state: TaskState | None = None, limit: int | None = None
+    ) -> Any:  # what list() returns
+        return self.list(state=state, limit=limit)
+
 
 def source_of(
     infos: list[TaskInfo], clock: Any = None
@@ -80,37 +88,41 @@ def ids(page: Page) -> list[str]:
     return [i.id for i in page.tasks]
 
 
-def test_page_is_newest_first_with_a_cursor_to_older_ones() -> None:
+@pytest.mark.anyio
+async def test_page_is_newest_first_with_a_cursor_to_older_ones() -> None:
     """Paging walks the whole history once, newest first, then stops."""
     source, _ = source_of([info(n) for n in range(7)])
-    first = source.page(limit=3)
+    first = await source.page(limit=3)
     assert ids(first) == ["t0006", "t0005", "t0004"]
     assert first.next_cursor is not None
-    second = source.page(limit=3, cursor=first.next_cursor)
+    second = await source.page(limit=3, cursor=first.next_cursor)
     assert ids(second) == ["t0003", "t0002", "t0001"]
     assert second.next_cursor is not None
-    third = source.page(limit=3, cursor=second.next_cursor)
+    third = await source.page(limit=3, cursor=second.next_cursor)
     assert ids(third) == ["t0000"]
     assert third.next_cursor is None
 
 
-def test_cursor_survives_its_task_being_dropped() -> None:
+@pytest.mark.anyio
+async def test_cursor_survives_its_task_being_dropped() -> None:
     """If retention dropped the cursor's task, paging resumes at older ones."""
     source, fake = source_of([info(n) for n in range(6)])
-    cursor = source.page(limit=3).next_cursor
+    cursor = (await source.page(limit=3)).next_cursor
     assert cursor is not None
     fake.infos = [i for i in fake.infos if i.id != "t0003"]  # the page's last one
-    assert ids(source.page(limit=3, cursor=cursor)) == ["t0002", "t0001", "t0000"]
+    assert ids(await source.page(limit=3, cursor=cursor)) == ["t0002", "t0001", "t0000"]
 
 
-def test_cursor_older_than_everything_gives_an_empty_page() -> None:
+@pytest.mark.anyio
+async def test_cursor_older_than_everything_gives_an_empty_page() -> None:
     """A cursor from before the oldest retained task ends the paging."""
     source, _ = source_of([info(n) for n in range(3)])
-    page = source.page(limit=3, cursor="0~gone")
+    page = await source.page(limit=3, cursor="0~gone")
     assert (page.tasks, page.next_cursor) == ([], None)
 
 
-def test_filters_by_state_name_and_id_prefix() -> None:
+@pytest.mark.anyio
+async def test_filters_by_state_name_and_id_prefix() -> None:
     """State, name (case-insensitive substring) and id prefix all narrow the page."""
     infos = [
         info(1, name="send_email"),
@@ -119,15 +131,16 @@ def test_filters_by_state_name_and_id_prefix() -> None:
         info(14, name="resize_video"),
     ]
     source, _ = source_of(infos)
-    assert ids(source.page(state=TaskState.FAILED)) == ["t0002"]
-    assert ids(source.page(name="RESIZE")) == ["t0014", "t0003"]
-    assert ids(source.page(id_prefix="t001")) == ["t0014"]
-    assert ids(source.page(id_prefix="t0001")) == ["t0001"]  # a whole id: no scan
-    assert ids(source.page(id_prefix="t0001", state=TaskState.FAILED)) == []
-    assert ids(source.page(name="email", state=TaskState.SUCCEEDED)) == ["t0001"]
+    assert ids(await source.page(state=TaskState.FAILED)) == ["t0002"]
+    assert ids(await source.page(name="RESIZE")) == ["t0014", "t0003"]
+    assert ids(await source.page(id_prefix="t001")) == ["t0014"]
+    assert ids(await source.page(id_prefix="t0001")) == ["t0001"]  # a whole id: no scan
+    assert ids(await source.page(id_prefix="t0001", state=TaskState.FAILED)) == []
+    assert ids(await source.page(name="email", state=TaskState.SUCCEEDED)) == ["t0001"]
 
 
-def test_unfiltered_first_page_does_not_scan_everything() -> None:
+@pytest.mark.anyio
+async def test_unfiltered_first_page_does_not_scan_everything() -> None:
     """The common request asks the manager for limit + 1 tasks, not the history."""
     calls: list[int | None] = []
     source, fake = source_of([info(n) for n in range(100)])
@@ -138,7 +151,7 @@ def test_unfiltered_first_page_does_not_scan_everything() -> None:
         return real(state=state, limit=limit)
 
     fake.list = spy  # type: ignore[method-assign]
-    page = source.page(limit=10)
+    page = await source.page(limit=10)
     assert calls == [11]
     assert len(page.tasks) == 10
 
@@ -156,6 +169,7 @@ def test_stats_count_every_state_and_time_the_runs() -> None:
         TaskState.SUCCEEDED: 20,
         TaskState.FAILED: 1,
         TaskState.CANCELLED: 1,
+        TaskState.INTERRUPTED: 0,
     }
     assert list(stats.counts) == list(TaskState)
     assert stats.success_rate == pytest.approx(20 / 21)

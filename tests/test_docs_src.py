@@ -359,14 +359,9 @@ def test_step06_reports_progress_while_it_runs(
 
 
 def test_step07_cancels_a_broadcast_with_delete(
-    backend: Backend, idempotency_store: object, request: pytest.FixtureRequest
+    backend: Backend, idempotency_store: object
 ) -> None:
     """Step 7: DELETE stops the broadcast at its next checkpoint()."""
-    if backend == "asyncio" and not hasattr(anyio, "TaskHandle"):
-        # Found writing this step: with anyio < 4.14 on asyncio, a sync task that
-        # TaskManager.cancel stopped at checkpoint() leaves a cancellation in the
-        # task that entered the manager (here the lifespan), so shutdown fails.
-        request.applymarker(pytest.mark.xfail(reason="bgtasks bug, anyio < 4.14"))
     step = load("tutorial/step07_cancel.py")
     held = Held(at=3)
     step.connect_to_mail_server = server = MailServer(on_call=held)

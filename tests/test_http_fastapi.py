@@ -216,7 +216,7 @@ def test_openapi_lists_the_task_routes(client: TestClient) -> None:
     assert {"get"} == set(paths["/tasks"])
     assert {"get", "delete"} == set(paths["/tasks/{task_id}"])
     delete = paths["/tasks/{task_id}"]["delete"]
-    assert {"202", "404", "409"} == set(delete["responses"])
+    assert {"202", "404", "409", "503"} == set(delete["responses"])
     assert delete["tags"] == ["tasks"]
     ok = delete["responses"]["202"]["content"]["application/json"]["schema"]
     assert ok["$ref"] == "#/components/schemas/BgtasksTaskInfo"
@@ -267,12 +267,14 @@ def test_openapi_schema_of_the_router() -> None:
         ("/tasks/{task_id}", "delete"): "bgtasks_cancel_task",
     }
     # Only the list validates input, and it answers in bgtasks' own model.
-    assert {"200", "400", "422"} == set(operations["/tasks", "get"]["responses"])
+    assert {"200", "400", "422", "503"} == set(operations["/tasks", "get"]["responses"])
     bad = operations["/tasks", "get"]["responses"]["422"]["content"]
     assert bad["application/json"]["schema"] == {
         "$ref": "#/components/schemas/BgtasksErrorDetail"
     }
-    assert {"200", "404"} == set(operations["/tasks/{task_id}", "get"]["responses"])
+    assert {"200", "404", "503"} == set(
+        operations["/tasks/{task_id}", "get"]["responses"]
+    )
     for operation in operations.values():
         for answer in operation["responses"].values():
             assert answer["headers"]["Cache-Control"]["schema"]["enum"] == ["no-store"]

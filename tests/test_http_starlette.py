@@ -39,7 +39,7 @@ def backend(anyio_backend: str) -> Backend:
     return "trio" if anyio_backend == "trio" else "asyncio"
 
 
-STATES = ["pending", "running", "succeeded", "failed", "cancelled"]
+STATES = ["pending", "running", "succeeded", "failed", "cancelled", "interrupted"]
 
 
 class Box:

@@ -9,7 +9,7 @@ import anyio.from_thread
 import anyio.to_thread
 import pytest
 
-from bgtasks import TaskManager, TaskState, current_task
+from bgtasks import TaskManager, TaskState, checkpoint, current_task
 
 pytestmark = pytest.mark.anyio
 
@@ -59,6 +59,31 @@ async def test_cancel_sync_task_is_cooperative(task_handles: bool) -> None:
         info = await handle.wait(timeout=5)
     assert info.state == TaskState.CANCELLED
     assert flags == [True]
+
+
+async def test_sync_task_stopped_at_checkpoint_leaves_the_caller_uncancelled(
+    task_handles: bool,
+) -> None:
+    """A sync task cancelled at checkpoint() leaves no cancellation in the caller."""
+    # anyio < 4.14 on asyncio: the thread's CancelledError is not one the task's
+    # own cancel scope recognizes, and it used to cancel the manager's owner.
+    reached, release = threading.Event(), threading.Event()
+
+    def job() -> None:
+        reached.set()
+        release.wait(5)
+        checkpoint()
+
+    async with TaskManager() as manager:
+        handle = manager.spawn(job)
+        await anyio.to_thread.run_sync(reached.wait, 5)
+        assert await manager.cancel(handle.id)
+        release.set()
+        info = await handle.wait(timeout=5)
+        await anyio.sleep(0.01)  # cancelled here by the leaked cancellation
+        after = manager.spawn(job)
+        assert (await after.wait(timeout=5)).state == TaskState.SUCCEEDED
+    assert info.state == TaskState.CANCELLED
 
 
 async def test_sync_task_that_ignores_cancel_finishes_normally(

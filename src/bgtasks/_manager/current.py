@@ -79,6 +79,10 @@ class TaskContext(RecordView):
         record = self._record
         if not record.state.is_finished:  # a finished task's snapshot stays put
             record.progress = (float(fraction), message)
+            link = record.engine.link
+            if link is not None:
+                fields = {"progress": float(fraction), "message": message}
+                link.push(record.id, fields, False, True)
 
     def record_attempt(self, attempt: int) -> None:
         """Record the attempt number ``bgtasks.retry`` is starting."""

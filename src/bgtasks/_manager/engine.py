@@ -37,6 +37,7 @@ from anyio.abc import TaskGroup
 from .._context import running_task_var
 from .._wrap import unwrap_partial
 from ..exceptions import ManagerNotRunningError
+from .backend import MirrorLink, TaskBackend, final_fields
 from .events import Subscribers, TaskEvent
 from .records import (
     RESPONSE_NOT_SENT,
@@ -83,6 +84,7 @@ class Engine:
         propagate_errors: bool,
         log_failures: bool,
         clock: Callable[[], float],
+        backend: TaskBackend | None = None,
     ) -> None:
         self.registry = Registry(
             max_finished=max_finished, ttl=finished_ttl, clock=clock
@@ -109,6 +111,9 @@ class Engine:
         self.run_launched: Callable[[TaskRecord], Coroutine[Any, Any, object]] = (
             self._execute if self.slots is None else self._run_spawned
         )
+        self.backend = backend
+        # Where transitions go while a backend is open; None: no cost at all.
+        self.link: MirrorLink | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -123,18 +128,26 @@ class Engine:
                 "this TaskManager is already running: enter it once (one "
                 "`async with manager:` at a time), or create another manager."
             )
+        # Opened first and closed last, so its scopes nest around the group's.
+        mirror = (
+            None if self.backend is None else await self.backend.open(self._cancel_soon)
+        )
         tg = anyio.create_task_group()
         self.tg = tg
         try:
             await tg.__aenter__()
         except BaseException:  # pragma: no cover - anyio failing to start a group
             self.tg = None
+            if self.backend is not None:
+                await self.backend.close()
             raise
         self._owner = anyio.get_current_task().id
         self.loop_thread = threading.get_ident()
         self.token = anyio.lowlevel.current_token()
         self.schedule = _loop_scheduler(self.token)
         self.library = current_library()
+        if mirror is not None:
+            self.link = MirrorLink(mirror, self.loop_thread, self.schedule)
         with self.lock:
             self.accepting = True
 
@@ -179,11 +192,31 @@ class Engine:
             self.tg = None
             self.loop_thread = None
             self.schedule = None
-            with anyio.CancelScope(shield=True):
-                await self._wait_idle()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._wait_idle()
+            finally:
+                # Not under the shield: the backend's scopes enclose it.
+                if self.backend is not None:
+                    await self._close_backend(self.backend)
             self._idle = None
         if interrupted is not None:  # pragma: no cover - the group re-raised it first
             raise interrupted
+
+    async def _close_backend(self, backend: TaskBackend) -> None:
+        """Hand the last transitions over and close the backend (after the drain)."""
+        link, self.link = self.link, None
+        if link is not None:
+            link.hand_over()
+        await backend.close()
+
+    def _cancel_soon(self, task_id: str) -> None:
+        """Cancel a task another worker asked to cancel (the mirror calls it)."""
+        with self.lock:
+            record = self.registry.get(task_id)
+        tg = self.tg
+        if record is not None and tg is not None and not record.state.is_finished:
+            tg.start_soon(self.cancel_record, record)
 
     async def _wait_idle(self) -> None:
         """Wait for ``add_task`` tasks still running in request tasks."""
@@ -233,6 +266,16 @@ class Engine:
             else:
                 self.registry.add_with_new_id(record)
             self.active += 1
+            link = self.link
+            if link is not None:
+                link.push(
+                    record.id,
+                    {
+                        "name": record.name,
+                        "created": record.created,
+                        "state": "pending",
+                    },
+                )
             launch = spawned
             slots = self.slots
             if spawned and slots is not None and not slots.take():
@@ -364,14 +407,22 @@ class Engine:
     async def _execute_scoped(self, record: TaskRecord) -> Exception | None:
         if self._use_task_handles:
             return await self._execute(record)
-        with anyio.CancelScope() as scope:  # swallows its own cancellation
-            with self.lock:
-                if record.state is _PENDING:  # not cancelled meanwhile
-                    record.run = scope
-            return await self._execute(record)
+        scope = anyio.CancelScope()
+        try:
+            with scope:  # swallows its own cancellation
+                with self.lock:
+                    if record.state is _PENDING:  # not cancelled meanwhile
+                        record.run = scope
+                return await self._execute(record)
+        except anyio.get_cancelled_exc_class():
+            # anyio < 4.14 on asyncio: a worker thread's check_cancelled() raises
+            # a CancelledError our scope does not take for its own; it is ours.
+            if not scope.cancel_called:
+                raise
+            await anyio.lowlevel.checkpoint_if_cancelled()  # an outer cancel goes on
         return None
 
-    async def _execute(self, record: TaskRecord) -> Exception | None:  # noqa: PLR0912 - the hot path, kept in one frame for speed
+    async def _execute(self, record: TaskRecord) -> Exception | None:  # noqa: PLR0912, PLR0915 - the hot path, kept in one frame for speed
         """Run a PENDING record's call to a terminal state; return its exception.
 
         Cancellation (and other BaseExceptions) is recorded, then re-raised.
@@ -395,6 +446,8 @@ class Engine:
             )
         finally:
             lock.release()
+        if self.link is not None:
+            self.link.push(record.id, {"state": "running", "started": started})
         assert func is not None  # a PENDING record holds its call
         running_task_var.set(record)
         try:
@@ -472,6 +525,8 @@ class Engine:
         record.args = ()
         self.active -= 1
         self.registry.finished(record, mono)
+        if self.link is not None:
+            self.link.push(record.id, final_fields(record), True)
         if self._waiters:
             waiter = self._waiters.pop(record, None)
             if waiter is not None:
@@ -556,6 +611,8 @@ class Engine:
             else:
                 events = []
                 record.cancel_requested = True
+                if self.link is not None:
+                    self.link.push(record.id, {"cancel_requested": True})
                 switch = _switch(record)
                 if switch is not None:  # pragma: no branch
                     switch.cancel()
@@ -574,6 +631,8 @@ class Engine:
                     events.extend(self._end_pending(record, now, mono))
                 else:
                     record.cancel_requested = True
+                    if self.link is not None:
+                        self.link.push(record.id, {"cancel_requested": True})
                     switch = _switch(record)
                     if switch is not None:  # pragma: no branch
                         scopes.append(switch)

@@ -15,6 +15,7 @@ from typing_extensions import ParamSpec, Self
 
 from .._validate import check_int, to_seconds
 from ..exceptions import TaskNotFoundError
+from .backend import TaskBackend
 from .background import tracked_wrapper
 from .current import TaskContext, current_task
 from .engine import Engine
@@ -28,6 +29,12 @@ __all__ = ["TaskContext", "TaskManager", "current_task"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# alist(limit=None) reads the backend this many tasks per call.
+_ALL_PAGE = 500
+# wait() for another worker's task polls the backend this often, backing off.
+_POLL_FIRST = 0.05
+_POLL_MAX = 1.0
 
 
 class TaskManager:
@@ -54,6 +61,12 @@ class TaskManager:
             with its traceback (never its arguments), unless the task is
             ``@logged``, which logged it already.
         clock: monotonic seconds, for retention by age; tests pass a fake.
+        backend: share task state with other workers, e.g.
+            ``bgtasks.redis.RedisBackend.from_url(url)``: every transition is
+            mirrored there, and the async reads (:meth:`aget`, :meth:`alist`,
+            :meth:`cancel`, :meth:`wait`) answer for every worker's tasks.
+            Entering the manager opens it, leaving closes it after the drain.
+            None: everything stays in this process.
 
     Raises:
         TypeError: an option has the wrong type.
@@ -75,6 +88,7 @@ class TaskManager:
         propagate_errors: bool = False,
         log_failures: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        backend: TaskBackend | None = None,
     ) -> None:
         if max_concurrency is not None:
             check_int("max_concurrency", max_concurrency, minimum=1, none_ok=True)
@@ -97,6 +111,11 @@ class TaskManager:
                 f"clock must be a callable returning monotonic seconds (like "
                 f"time.monotonic), got {type(clock).__name__}."
             )
+        if backend is not None and not isinstance(cast("object", backend), TaskBackend):
+            raise TypeError(
+                f"backend must be a task backend such as bgtasks.redis.RedisBackend"
+                f" (RedisBackend.from_url(url)), got {type(backend).__name__}."
+            )
         self._engine = Engine(
             max_concurrency=max_concurrency,
             max_finished=max_finished,
@@ -104,6 +123,7 @@ class TaskManager:
             propagate_errors=propagate_errors,
             log_failures=log_failures,
             clock=clock,
+            backend=backend,
         )
         self._drain_timeout = drain
 
@@ -343,8 +363,17 @@ class TaskManager:
 
     # -- queries ------------------------------------------------------------
 
+    @property
+    def backend(self) -> TaskBackend | None:
+        """The shared backend given at construction, or None."""
+        return self._engine.backend
+
     def get(self, task_id: str) -> TaskInfo | None:
-        """Return a snapshot of the task, or None for an unknown (or dropped) id."""
+        """Return a snapshot of the task, or None for an unknown (or dropped) id.
+
+        Only this process's tasks: with a ``backend``, :meth:`aget` also
+        finds the tasks of every other worker.
+        """
         engine = self._engine
         with engine.lock:
             record = engine.registry.get(task_id)
@@ -357,7 +386,9 @@ class TaskManager:
         limit: int | None = None,
         after: str | None = None,
     ) -> TaskList:
-        """Return snapshots, newest submission first, one page at a time.
+        """Return snapshots of this process's tasks, newest first, a page at a time.
+
+        With a ``backend``, :meth:`alist` lists every worker's tasks.
 
         The result is a list with one more attribute, ``next_cursor``: pass
         it as ``after`` to get the next page. Paging stays exact while tasks
@@ -412,13 +443,93 @@ class TaskManager:
         (or ``anyio.from_thread.check_cancelled()``); until it stops, its
         snapshot shows ``cancel_requested=True``, and if it returns or raises
         anyway it ends SUCCEEDED or FAILED.
+
+        With a ``backend``, a task of another worker is cancelled there: the
+        request is stored and published, and that worker cancels the task
+        within one heartbeat (``lease / 3``) at worst.
+
+        Raises:
+            BackendUnavailableError: the task is not this process's and the
+                backend cannot answer.
         """
         engine = self._engine
         with engine.lock:
             record = engine.registry.get(task_id)
-        if record is None:
+        if record is not None:
+            return await engine.cancel_record(record)
+        backend = engine.backend
+        if backend is None or engine.link is None:
             return False
-        return await engine.cancel_record(record)
+        return bool(await backend.request_cancel(task_id))
+
+    async def aget(self, task_id: str) -> TaskInfo | None:
+        """Return a snapshot of the task, wherever it runs; None if unknown.
+
+        This process's tasks are answered from memory; with a ``backend``,
+        the others are read from it (so their snapshot is as fresh as their
+        worker's last write: progress is written a few times a second).
+
+        Raises:
+            BackendUnavailableError: the backend cannot answer.
+        """
+        info = self.get(task_id)
+        engine = self._engine
+        if info is not None or engine.backend is None or engine.link is None:
+            return info
+        return await engine.backend.get(task_id)
+
+    async def alist(
+        self,
+        *,
+        state: TaskState | str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> TaskList:
+        """:meth:`list`, for the tasks of every worker when there is a ``backend``.
+
+        Without a backend (or before the manager is entered) it is
+        :meth:`list`. With one, the page is read from the backend, newest
+        first, with this process's tasks shown as fresh as in memory; the
+        cursor is valid on every worker. With a ``state`` filter a page may
+        hold fewer than ``limit`` tasks while ``next_cursor`` is not None:
+        keep paging until it is.
+
+        Raises:
+            ValueError: unknown state, a negative limit, or ``after`` is not
+                a cursor of this manager (or its backend).
+            BackendUnavailableError: the backend cannot answer.
+        """
+        engine = self._engine
+        backend = engine.backend
+        if backend is None or engine.link is None:
+            return self.list(state=state, limit=limit, after=after)
+        wanted = None if state is None else TaskState(state)
+        if limit is not None:
+            check_int("limit", limit, minimum=0)
+        if after is not None and not backend.is_cursor(after):
+            raise ValueError(
+                "after must be the next_cursor of an earlier alist() of a "
+                "TaskManager on this backend; pass None to start from the newest."
+            )
+        if limit == 0:
+            return TaskList()
+        await backend.flush()  # this worker's own latest changes are listed too
+        infos: list[TaskInfo] = []
+        cursor = after
+        while True:
+            want = _ALL_PAGE if limit is None else limit - len(infos)
+            page, cursor = await backend.list(wanted, want, cursor)
+            infos += page
+            if cursor is None or limit is not None:
+                break
+        with engine.lock:
+            registry = engine.registry
+            fresh = [registry.get(info.id) for info in infos]
+            infos = [
+                info if record is None else record.snapshot()
+                for info, record in zip(infos, fresh, strict=True)
+            ]
+        return TaskList(infos, cursor)
 
     async def wait(
         self,
@@ -428,19 +539,42 @@ class TaskManager:
     ) -> TaskInfo:
         """Wait until the task is finished and return its final snapshot.
 
+        With a ``backend``, a task of another worker is waited for by polling
+        the backend, every 0.05 s at first, backing off to every second.
+
         Raises:
             TaskNotFoundError: unknown (or already dropped) id.
             TimeoutError: the task did not finish within ``timeout`` seconds.
+            BackendUnavailableError: the task is not this process's and the
+                backend cannot answer.
         """
         engine = self._engine
         with engine.lock:
             record = engine.registry.get(task_id)
+        if record is None and engine.backend is not None and engine.link is not None:
+            with anyio.fail_after(timeout):
+                return await self._poll(task_id)
         if record is None:
             raise TaskNotFoundError(
                 f"no task with id {task_id!r}: it never existed, or its record "
                 "was dropped by retention (max_finished / finished_ttl)."
             )
         return await engine.wait_record(record, timeout)
+
+    async def _poll(self, task_id: str) -> TaskInfo:
+        """Wait for another worker's task by reading the backend, with backoff."""
+        delay = _POLL_FIRST
+        while True:
+            info = await self.aget(task_id)
+            if info is None:
+                raise TaskNotFoundError(
+                    f"no task with id {task_id!r} on any worker: it never existed, "
+                    "or its record was dropped by retention."
+                )
+            if info.state.is_finished:
+                return info
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` on every state change of every task.

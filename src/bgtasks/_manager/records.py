@@ -53,24 +53,37 @@ _NOT_DRIVEN = (
 
 
 class TaskState(str, enum.Enum):
-    """Where a task is in its life; the last three are terminal."""
+    """Where a task is in its life; all but PENDING and RUNNING are terminal.
+
+    ``INTERRUPTED`` is only ever seen with a shared backend (``TaskManager(
+    backend=...)``): the worker running the task stopped heartbeating
+    (crashed, killed, partitioned) before the task ended.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
 
     @property
     def is_finished(self) -> bool:
-        """True for ``SUCCEEDED``, ``FAILED`` and ``CANCELLED``."""
+        """True for ``SUCCEEDED``, ``FAILED``, ``CANCELLED`` and ``INTERRUPTED``."""
         return self in _FINISHED
 
     def __str__(self) -> str:
         return self.value
 
 
-_FINISHED = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+_FINISHED = frozenset(
+    {
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.CANCELLED,
+        TaskState.INTERRUPTED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +134,8 @@ class TaskInfo(Generic[T_co]):
         cancel_reason: why bgtasks cancelled a CANCELLED task on its own, else
             None: ``"response not sent"`` for an ``add_task`` task whose
             request ended without running its background tasks (the endpoint
-            raised, the response went out without them, the client was gone).
+            raised, the response went out without them, the client was gone);
+            ``"worker lost"`` for an INTERRUPTED task.
         next_attempt_at: while ``bgtasks.retry`` waits between attempts, when
             the next one starts (timezone-aware UTC); else None.
     """
@@ -319,6 +333,9 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         if not self.state.is_finished:
             self.attempt = attempt
             self.retry_at = None
+            link = self.engine.link
+            if link is not None:
+                link.push(self.id, {"attempt": attempt, "next_attempt_at": None})
 
     def record_retry_wait(self, until: float) -> None:
         """Record that ``bgtasks.retry`` waits until ``until`` (RunningTask API).
@@ -327,6 +344,9 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         """
         if not self.state.is_finished:
             self.retry_at = until
+            link = self.engine.link
+            if link is not None:
+                link.push(self.id, {"next_attempt_at": until})
 
     def snapshot(self) -> TaskInfo:
         """Build the immutable view; call it with the manager's lock held."""

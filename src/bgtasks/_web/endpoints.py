@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from .._manager import TaskManager
 from .._manager.records import TaskState
 from .._manager.registry import TASK_ID_PATTERN
+from ..exceptions import BackendUnavailableError
 
 if TYPE_CHECKING:
     from .._manager.records import TaskInfo
@@ -38,6 +39,7 @@ NOT_FOUND = "task not found"
 ALREADY_FINISHED = "task already finished"
 METHOD_NOT_ALLOWED = "method not allowed"
 BAD_CURSOR = "cursor is not valid here: use the next value of an earlier page, or none"
+UNAVAILABLE = "task state backend unavailable, try again shortly"
 _LIMIT_DIGITS = 18
 # Status polls must always reach the server, never a cache.
 _HEADERS = {"Cache-Control": "no-store"}
@@ -159,7 +161,13 @@ class TaskEndpoints:
             headers={**_HEADERS, "Allow": allow},
         )
 
-    def list_tasks(self, query: Mapping[str, str]) -> JSONResponse:
+    def unavailable(self) -> JSONResponse:
+        """Answer 503: the shared backend did not answer (never its error's text)."""
+        return _JSON(
+            {"detail": UNAVAILABLE}, 503, headers={**_HEADERS, "Retry-After": "1"}
+        )
+
+    async def list_tasks(self, query: Mapping[str, str]) -> JSONResponse:
         """200 with a page of tasks, newest first; 422 or 400 for a bad parameter.
 
         ``next`` is the cursor of the next page (None on the last one): the
@@ -172,11 +180,13 @@ class TaskEndpoints:
         if limit is None:
             return _error(422, self.bad_limit)
         try:
-            page = self.manager.list(
+            page = await self.manager.alist(
                 state=state, limit=limit, after=query.get("cursor")
             )
         except ValueError:  # state and limit are valid: it is the cursor
             return _error(400, BAD_CURSOR)
+        except BackendUnavailableError:
+            return self.unavailable()
         body = {
             "tasks": [self.task_body(info) for info in page],
             "has_more": page.next_cursor is not None,
@@ -184,23 +194,32 @@ class TaskEndpoints:
         }
         return _JSON(body, headers=_HEADERS)
 
-    def get_task(self, task_id: str) -> JSONResponse:
+    async def get_task(self, task_id: str) -> JSONResponse:
         """200 with the task's snapshot, 404 for an unknown or malformed id."""
-        info = self.manager.get(task_id) if is_valid_task_id(task_id) else None
+        try:
+            info = await self._read(task_id)
+        except BackendUnavailableError:
+            return self.unavailable()
         if info is None:
             return self.not_found()
         return _JSON(self.task_body(info), headers=_HEADERS)
 
+    async def _read(self, task_id: str) -> TaskInfo | None:
+        return await self.manager.aget(task_id) if is_valid_task_id(task_id) else None
+
     async def cancel_task(self, task_id: str) -> JSONResponse:
         """202 once cancel is requested, 404 if unknown, 409 if already finished."""
-        info = self.manager.get(task_id) if is_valid_task_id(task_id) else None
-        if info is None:
-            return self.not_found()
-        if not info.state.is_finished and await self.manager.cancel(task_id):
-            info = self.manager.get(task_id) or info
-            return _JSON(self.task_body(info), 202, headers=_HEADERS)
-        # Finished before the request, or in the race between get and cancel.
-        latest = self.manager.get(task_id)
+        try:
+            info = await self._read(task_id)
+            if info is None:
+                return self.not_found()
+            if not info.state.is_finished and await self.manager.cancel(task_id):
+                info = await self.manager.aget(task_id) or info
+                return _JSON(self.task_body(info), 202, headers=_HEADERS)
+            # Finished before the request, or in the race between get and cancel.
+            latest = await self.manager.aget(task_id)
+        except BackendUnavailableError:
+            return self.unavailable()
         if latest is None:
             return self.not_found()
         return _error(409, ALREADY_FINISHED, state=latest.state.value)

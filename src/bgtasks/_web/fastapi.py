@@ -140,6 +140,11 @@ def _responses(
 
 
 _NOT_FOUND = (404, BgtasksErrorDetail, "Unknown or malformed task id.")
+_UNAVAILABLE = (
+    503,
+    BgtasksErrorDetail,
+    "The shared task state backend (Redis) did not answer; retry shortly.",
+)
 
 
 # The routes read their parameters themselves (see task_router), so OpenAPI
@@ -239,10 +244,10 @@ def task_router(
     # The endpoints take the raw request and validate it themselves, so a bad
     # value gets bgtasks' fixed wording, not FastAPI's echo of the input.
     async def list_tasks(request: Request) -> Response:
-        return endpoints.list_tasks(request.query_params)
+        return await endpoints.list_tasks(request.query_params)
 
     async def get_task(request: Request) -> Response:
-        return endpoints.get_task(request.path_params["task_id"])
+        return await endpoints.get_task(request.path_params["task_id"])
 
     async def cancel_task(request: Request) -> Response:
         return await endpoints.cancel_task(request.path_params["task_id"])
@@ -255,6 +260,7 @@ def task_router(
         responses=_responses(
             (400, BgtasksErrorDetail, "Not a cursor this server gave."),
             (422, BgtasksErrorDetail, "A state or limit out of range."),
+            _UNAVAILABLE,
         ),
         operation_id="bgtasks_list_tasks",
         summary="List background tasks",
@@ -270,7 +276,7 @@ def task_router(
         get_task,
         methods=["GET"],
         response_model=BgtasksTaskInfo,
-        responses=_responses(_NOT_FOUND),
+        responses=_responses(_NOT_FOUND, _UNAVAILABLE),
         operation_id="bgtasks_get_task",
         summary="Get a background task's status",
         openapi_extra={"parameters": [_TASK_ID_PARAMETER]},
@@ -285,6 +291,7 @@ def task_router(
         responses=_responses(
             _NOT_FOUND,
             (409, BgtasksCancelConflict, "Already finished."),
+            _UNAVAILABLE,
             ok=202,
         ),
         operation_id="bgtasks_cancel_task",

@@ -67,10 +67,10 @@ def task_router(
     )
 
     async def list_tasks(request: Request) -> Response:
-        return endpoints.list_tasks(request.query_params)
+        return await endpoints.list_tasks(request.query_params)
 
     async def get_task(request: Request) -> Response:
-        return endpoints.get_task(request.path_params["task_id"])
+        return await endpoints.get_task(request.path_params["task_id"])
 
     async def cancel_task(request: Request) -> Response:
         return await endpoints.cancel_task(request.path_params["task_id"])

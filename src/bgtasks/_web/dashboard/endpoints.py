@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..._manager.records import TaskInfo, TaskState
+from ...exceptions import BackendUnavailableError
 from .feed import ChangeFeed, EventStream
 from .source import CancelOutcome, Stats, TaskSource
 
@@ -56,6 +57,8 @@ _DEFAULT_PAGE = 50
 _TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _CURSOR = re.compile(r"[0-9]{1,20}~[A-Za-z0-9_-]{1,128}")
 _MAX_NAME = 200
+# A fixed text: the backend's own error never reaches the page.
+_UNAVAILABLE = "task state backend unavailable, try again shortly"
 
 
 def _json(data: object, status_code: int = 200) -> Response:
@@ -149,15 +152,23 @@ class Dashboard:
             cursor = _match(query.get("cursor"), _CURSOR, "cursor", "a next_cursor")
         except ValueError as exc:
             return _error(422, str(exc))
-        page = self.source.page(
-            state=state, name=name, id_prefix=id_prefix, limit=limit, cursor=cursor
-        )
+        try:
+            page = await self.source.page(
+                state=state, name=name, id_prefix=id_prefix, limit=limit, cursor=cursor
+            )
+        except BackendUnavailableError:
+            return _error(503, _UNAVAILABLE)
         rows = [self.row(info) for info in page.tasks]
         return _json({"tasks": rows, "next_cursor": page.next_cursor})
 
     async def task(self, request: Request, task_id: str) -> Response:
         """Answer one task with every field, its JSON result included."""
-        info = self.source.get(task_id) if _TASK_ID.fullmatch(task_id) else None
+        try:
+            info = (
+                await self.source.get(task_id) if _TASK_ID.fullmatch(task_id) else None
+            )
+        except BackendUnavailableError:
+            return _error(503, _UNAVAILABLE)
         if info is None:
             return _error(404, "task not found")
         return _json(info.to_dict(include_error_message=self.expose_error_messages))
@@ -173,7 +184,10 @@ class Dashboard:
             return _error(403, refused)
         if not _TASK_ID.fullmatch(task_id):
             return _error(404, "task not found")
-        outcome, info = await self.source.cancel(task_id)
+        try:
+            outcome, info = await self.source.cancel(task_id)
+        except BackendUnavailableError:
+            return _error(503, _UNAVAILABLE)
         if outcome is CancelOutcome.NOT_FOUND or info is None:
             return _error(404, "task not found")
         if outcome is CancelOutcome.FINISHED:

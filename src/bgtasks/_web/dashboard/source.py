@@ -1,9 +1,11 @@
 """Everything the dashboard reads from, or does to, the tasks: one adapter.
 
 The page, its JSON and its live feed go through :class:`TaskSource` only, and it
-uses only the public ``TaskManager`` API (``list``, ``get``, ``cancel``,
-``subscribe``, ``running``). A backend that sees every worker, or a manager
-that pages by cursor, replaces this class and nothing else.
+uses only the public ``TaskManager`` API (``alist``, ``aget``, ``cancel``,
+``list``, ``subscribe``, ``running``). Pages, single tasks and cancels use the
+async reads, so with a shared backend they cover every worker (and raise
+``BackendUnavailableError`` when it is down); the statistics and the live
+feed are this process's own, from memory.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class TaskSource:
         """True while the manager runs; live streams end when it stops."""
         return self._manager.running
 
-    def page(
+    async def page(
         self,
         *,
         state: TaskState | None = None,
@@ -106,18 +108,20 @@ class TaskSource:
             cursor: ``next_cursor`` of the previous page (opaque).
         """
         if id_prefix is not None:
-            exact = self._manager.get(id_prefix)
+            exact = await self._manager.aget(id_prefix)
             if exact is not None:  # an id pasted whole: no scan
                 matches = [exact] if self._keeps(exact, state, name) else []
                 return Page(matches, None)
         if name is None and id_prefix is None and cursor is None:
             # The common case, cheap: the manager stops after limit + 1.
-            found: list[TaskInfo] = self._manager.list(state=state, limit=limit + 1)
+            found: list[TaskInfo] = await self._manager.alist(
+                state=state, limit=limit + 1
+            )
         else:
             needle = None if name is None else name.casefold()
             found = [
                 info
-                for info in self._manager.list(state=state)
+                for info in await self._manager.alist(state=state)
                 if (needle is None or needle in info.name.casefold())
                 and (id_prefix is None or info.id.startswith(id_prefix))
             ]
@@ -162,9 +166,9 @@ class TaskSource:
         self._stats_at = now
         return self._stats
 
-    def get(self, task_id: str) -> TaskInfo | None:
+    async def get(self, task_id: str) -> TaskInfo | None:
         """Return the task's snapshot, or None for an unknown (or dropped) id."""
-        return self._manager.get(task_id)
+        return await self._manager.aget(task_id)
 
     def active(self) -> list[TaskInfo]:
         """Return the running tasks: their progress changes without an event."""
@@ -172,13 +176,13 @@ class TaskSource:
 
     async def cancel(self, task_id: str) -> tuple[CancelOutcome, TaskInfo | None]:
         """Ask the task to stop; return what happened and its latest snapshot."""
-        info = self._manager.get(task_id)
+        info = await self._manager.aget(task_id)
         if info is None:
             return CancelOutcome.NOT_FOUND, None
         if not info.state.is_finished and await self._manager.cancel(task_id):
-            return CancelOutcome.REQUESTED, self._manager.get(task_id) or info
+            return CancelOutcome.REQUESTED, await self._manager.aget(task_id) or info
         # Finished before the request, or in the race between get and cancel.
-        latest = self._manager.get(task_id)
+        latest = await self._manager.aget(task_id)
         if latest is None:
             return CancelOutcome.NOT_FOUND, None
         return CancelOutcome.FINISHED, latest
