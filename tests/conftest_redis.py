@@ -36,6 +36,8 @@ _NEEDS_COREDIS = (
     "test_redis_store.py",
     "test_redis_tasks.py",
     "test_redis_idempotent.py",
+    "test_redis_backend.py",
+    "test_e2e_workers.py",
 )
 _ITEMS_NEEDING_COREDIS = ("docs/workers.md", "bgtasks.redis")
 
