@@ -190,12 +190,20 @@ def row(page: Page, task_id: str) -> Any:
     return page.locator(f'tr[data-id="{task_id}"]')
 
 
+def shows(locator: Any, text: str) -> None:
+    """Wait until ``locator`` shows ``text``: the page updates as events arrive,
+    so a one-off read may still see the previous state (pending, say)."""
+    from playwright.sync_api import expect
+
+    expect(locator).to_have_text(text)
+
+
 def test_progress_moves_without_a_reload(server: Server, page: Page) -> None:
     """A running task appears by itself, and its progress bar follows the task."""
     handle = server.manager.spawn(stepper, server.control)
     line = row(page, handle.id)
     line.wait_for()
-    assert line.locator(".state").inner_text() == "running"
+    shows(line.locator(".state"), "running")
     before = line.locator("progress").evaluate("bar => bar.value")
     server.control.step += 4
     page.wait_for_function(
@@ -203,8 +211,7 @@ def test_progress_moves_without_a_reload(server: Server, page: Page) -> None:
         ".value > before",
         arg=[handle.id, before],
     )
-    expected = f"step {server.control.step} of 10"
-    assert line.locator(".msg").inner_text() == expected
+    shows(line.locator(".msg"), f"step {server.control.step} of 10")
 
 
 def test_xss_payload_shows_as_text(server: Server, page: Page) -> None:
@@ -269,7 +276,7 @@ def test_cancel_after_confirmation(server: Server, page: Page) -> None:
     confirm = page.locator("#confirm")
     assert confirm.is_visible()
     page.locator("#confirm-no").click()
-    assert line.locator(".state").inner_text() == "running"
+    shows(line.locator(".state"), "running")
     line.get_by_role("button", name="Cancel").click()
     page.locator("#confirm-yes").click()
     line.locator(".state-cancelled").wait_for()
