@@ -258,7 +258,11 @@ async def test_a_dead_workers_tasks_are_interrupted_exactly_once(
     lease = 0.1
     async with _client(private_redis) as client:
         a, b, c, _ = await _reap_setup(client, lease)
-        assert await b.reap() == []  # A's lease still runs
+        # A's lease still runs (renewed just before, so a slow setup cannot
+        # have let it lapse already).
+        await a.heartbeat()
+        await b.heartbeat()
+        assert await b.reap() == []
         await anyio.sleep(lease * 1.5)  # A stopped heartbeating: it looks paused
         await b.heartbeat()  # B's idea of the server's time
         fresh = TaskMirror(client, prefix="t", lease=60)
