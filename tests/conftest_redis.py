@@ -19,9 +19,20 @@ from typing import Any
 
 import pytest
 
-from redis_server import RedisServer, redis_server_binary
+from redis_server import (
+    RedisCluster,
+    RedisServer,
+    redis_cli_binary,
+    redis_server_binary,
+)
 
-__all__ = ["private_redis", "redis_prefix", "redis_server", "redis_url"]
+__all__ = [
+    "private_redis",
+    "redis_cluster",
+    "redis_prefix",
+    "redis_server",
+    "redis_url",
+]
 
 _MISSING = (
     "redis-server not found: install Debian's redis-server package (.ci/run does)"
@@ -38,6 +49,7 @@ _NEEDS_COREDIS = (
     "test_redis_idempotent.py",
     "test_redis_backend.py",
     "test_e2e_workers.py",
+    "test_redis_cluster.py",
 )
 _ITEMS_NEEDING_COREDIS = ("docs/workers.md", "bgtasks.redis")
 
@@ -130,6 +142,24 @@ def redis_url(redis_server: RedisServer) -> str:
 def redis_prefix() -> str:
     """A key prefix no other test uses, so tests never see each other's keys."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A three-primary Redis Cluster for the whole run (redis-cli joins it)."""
+    _require_binary()
+    if redis_cli_binary() is None:
+        reason = (
+            "redis-cli not found: install Debian's redis-tools (redis-server brings it)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason + "; under CI=true this is a failure, not a skip")
+        pytest.skip(reason)
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.kill()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["RedisServer", "redis_server_binary"]
+__all__ = ["RedisCluster", "RedisServer", "redis_cli_binary", "redis_server_binary"]
 
 # How long a server may take to answer its first PING, and how often to ask.
 _START_TIMEOUT = 10.0
@@ -28,6 +28,11 @@ _running: set[RedisServer] = set()
 def redis_server_binary() -> str | None:
     """Return the path of ``redis-server``, or ``None`` if it is not installed."""
     return shutil.which("redis-server")
+
+
+def redis_cli_binary() -> str | None:
+    """Return the path of ``redis-cli`` (Debian's redis-tools), or ``None``."""
+    return shutil.which("redis-cli")
 
 
 def _free_port() -> int:
@@ -149,6 +154,90 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class _ClusterNode(RedisServer):
+    """A server started with cluster mode on; its node file stays in its directory."""
+
+    def _options(self) -> dict[str, str]:
+        return {
+            **super()._options(),
+            "--cluster-enabled": "yes",
+            "--cluster-config-file": f"nodes-{self.port}.conf",
+            "--cluster-node-timeout": "5000",
+        }
+
+
+class RedisCluster:
+    """Three primaries (no replicas) joined by ``redis-cli --cluster create``.
+
+    Enough to prove that every script keeps to one slot and that commands are
+    routed to the right node; not a test of failover.
+    """
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        cli = redis_cli_binary()
+        if cli is None:
+            raise RuntimeError("redis-cli not found")
+        self.cli = cli
+        self.nodes: list[RedisServer] = []
+        for index in range(size):
+            home = directory / f"node{index}"
+            home.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(_ClusterNode(home))
+
+    @property
+    def port(self) -> int:
+        """The port of the first node: a cluster client finds the rest from it."""
+        return self.nodes[0].port
+
+    def start(self) -> RedisCluster:
+        """Start the nodes, assign every slot, and wait until all say ``ok``."""
+        try:
+            self._join()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _join(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=_START_TIMEOUT * 3,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT * 3
+        while not all(self._ok(node.port) for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis cluster did not reach state ok")
+            time.sleep(_POLL * 5)
+
+    def _ok(self, port: int) -> bool:
+        info = subprocess.run(
+            [self.cli, "-p", str(port), "cluster", "info"],
+            capture_output=True,
+            text=True,
+            timeout=_START_TIMEOUT,
+            check=False,
+        ).stdout
+        return "cluster_state:ok" in info
+
+    def kill(self) -> None:
+        """Kill every node."""
+        for node in self.nodes:
+            node.kill()
 
 
 @atexit.register

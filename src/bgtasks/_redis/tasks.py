@@ -372,15 +372,21 @@ class TaskMirror:
                 except NoScriptError:  # the server restarted and forgot them
                     await self._load_scripts()
                     return await request()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
             self._scripts_loaded = False
             raise BackendUnavailableError(
                 f"Redis did not answer within {self._timeout:g} s "
-                f"({type(exc).__name__})"
+                "(RedisBackend(timeout=...) sets the limit)"
+            ) from exc
+        except (RedisError, OSError) as exc:
+            self._scripts_loaded = False
+            raise BackendUnavailableError(
+                f"Redis failed: {type(exc).__name__}"
             ) from exc
 
     async def _load_scripts(self) -> None:
-        async with self._client.pipeline(transaction=False) as pipe:
+        sources = [
+            script.source
             for script in (
                 scripts.WRITE_TASKS,
                 scripts.HEARTBEAT,
@@ -392,8 +398,17 @@ class TaskMirror:
                 scripts.INDEX_CREATED,
                 scripts.INDEX_FINISHED,
                 scripts.DELETE_FINISHED,
-            ):
-                pipe.script_load(script.source)
+            )
+        ]
+        if self._cluster:
+            # A cluster pipeline routes by key and SCRIPT LOAD has none; the
+            # plain command goes to every primary.
+            for source in sources:
+                await self._client.script_load(source)
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for source in sources:
+                    pipe.script_load(source)
         self._scripts_loaded = True
 
     def _chunks(self, items: Sequence[T]) -> Iterable[Sequence[T]]:
