@@ -56,7 +56,7 @@ def connect_to_mail_server(timeout: float | None):
 
 
 @logged
-@idempotent(key="notification:{email}:{message}", ttl=600, store=store)
+@idempotent(key="notification:{email}:{message}", ttl=600, lease=120, store=store)
 @retry(
     on=(ConnectionError, TimeoutError),
     attempts=5,
