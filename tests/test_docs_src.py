@@ -555,6 +555,40 @@ def test_step10_dashboard_and_status_routes_need_the_admin_token(
     assert task_id in {task["id"] for task in listed["tasks"]}
 
 
+def test_step10_dashboard_lists_every_worker_s_tasks(
+    backend: Backend, on_redis: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 10 on step 9's Redis: B's dashboard lists, and can cancel, A's task."""
+    monkeypatch.setenv("ADMIN_TOKEN", "s3cret")
+    a = load("tutorial/step10_dashboard.py", name="step10_dashboard")
+    b = load("tutorial/step10_dashboard.py", name="step10_dashboard")
+    held = Held(at=3)
+    a.connect_to_mail_server = MailServer(on_call=held)
+    admin = {"X-Admin-Token": "s3cret"}
+    with (
+        TestClient(a.app, backend=backend, headers=admin) as on_a,
+        TestClient(b.app, backend=backend, headers=admin) as on_b,
+    ):
+        task_id, done = start_broadcast(on_a, a)
+        assert held.reached.wait(5)
+        poll(on_b, task_id, lambda t: t["state"] == "running")
+        listed = on_b.get("/dashboard/api/tasks").json()["tasks"]
+        cancel = on_b.post(
+            f"/dashboard/api/tasks/{task_id}/cancel",
+            headers={"X-Bgtasks-Action": "cancel"},
+        )
+        wait_until(
+            lambda: (
+                (info := a.manager.get(task_id)) is not None and info.cancel_requested
+            ),
+            "the dashboard's cancel to reach worker A",
+        )
+        held.release.set()
+        assert done.wait(5)
+    assert task_id in {task["id"] for task in listed}
+    assert cancel.status_code == 202
+
+
 # --- Recipes ------------------------------------------------------------------
 
 
