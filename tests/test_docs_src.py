@@ -46,13 +46,15 @@ Backend = Literal["asyncio", "trio"]
 _fresh = itertools.count()
 
 
-def load(relative: str) -> Any:
+def load(relative: str, name: str | None = None) -> Any:
     """Import docs_src/<relative> as a new module, as ``uvicorn module:app`` would.
 
+    ``name`` is the module's name (by default a fresh one): two worker processes
+    import the same name, and ``@idempotent`` namespaces its keys by it.
     Typed Any: the tests replace the module's stand-ins for the outside world.
     """
     path = DOCS_SRC / relative
-    name = f"docs_src_{path.stem}_{next(_fresh)}"
+    name = name or f"docs_src_{path.stem}_{next(_fresh)}"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
@@ -423,6 +425,108 @@ def test_step08_shutdown_cancels_what_outlasts_the_drain(
     assert step.manager.list(state=TaskState.RUNNING) == []
 
 
+@pytest.fixture
+def on_redis(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point step 9 at the test run's redis-server, under a prefix of this test.
+
+    Skips without coredis (the tests_lowest session) before it starts a server.
+    """
+    pytest.importorskip("coredis", reason="the redis extra (bgtasks[redis])")
+    monkeypatch.setenv("BGTASKS_REDIS_URL", request.getfixturevalue("redis_url"))
+    monkeypatch.setenv("BGTASKS_REDIS_PREFIX", request.getfixturevalue("redis_prefix"))
+
+
+def poll(
+    client: TestClient, task_id: str, until: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """GET /tasks/{id} until ``until`` holds: another worker's writes land shortly."""
+    found: dict[str, Any] = {}
+
+    def check() -> bool:
+        nonlocal found
+        answer = client.get(f"/tasks/{task_id}")
+        found = answer.json() if answer.status_code == 200 else {}
+        return bool(found) and until(found)
+
+    wait_until(check, f"task {task_id} through the other worker")
+    return found
+
+
+def two_workers() -> tuple[Any, Any]:
+    """Step 9 imported twice, as two uvicorn workers would: two apps, one Redis."""
+    a = load("tutorial/step09_workers.py", name="step09_workers")
+    b = load("tutorial/step09_workers.py", name="step09_workers")
+    assert a.manager.backend is not None
+    assert b.manager.backend is not None
+    return a, b
+
+
+def test_step09_status_answers_on_every_worker_and_runs_once(
+    backend: Backend, on_redis: None
+) -> None:
+    """Step 9: a task of worker A reads through B; B's duplicate replays A's run."""
+    a, b = two_workers()
+    a.connect_to_mail_server = b.connect_to_mail_server = server = MailServer()
+    with (
+        TestClient(a.app, backend=backend) as on_a,
+        TestClient(b.app, backend=backend) as on_b,
+    ):
+        sent = on_a.post("/send-notification/foo@example.com").json()
+        seen_by_b = poll(on_b, sent["task_id"], lambda t: t["state"] == "succeeded")
+        again = on_b.post("/send-notification/foo@example.com").json()
+        replayed = poll(on_a, again["task_id"], lambda t: t["state"] == "succeeded")
+        listed = {task["id"] for task in on_b.get("/tasks").json()["tasks"]}
+    assert seen_by_b["name"] == "write_notification"
+    assert b.manager.get(sent["task_id"]) is None  # B never ran it
+    assert replayed["name"] == "write_notification"
+    assert server.calls == 1  # the duplicate, on the other worker, did not send
+    assert listed == {sent["task_id"], again["task_id"]}
+
+
+def test_step09_cancel_reaches_the_worker_that_runs_the_task(
+    backend: Backend, on_redis: None
+) -> None:
+    """Step 9: DELETE through B stops A's broadcast at its next checkpoint()."""
+    a, b = two_workers()
+    held = Held(at=3)
+    a.connect_to_mail_server = server = MailServer(on_call=held)
+    with (
+        TestClient(a.app, backend=backend) as on_a,
+        TestClient(b.app, backend=backend) as on_b,
+    ):
+        task_id, done = start_broadcast(on_a, a)
+        assert held.reached.wait(5)
+        poll(on_b, task_id, lambda t: t["state"] == "running")
+        cancelled = on_b.delete(f"/tasks/{task_id}")
+        wait_until(
+            lambda: (
+                (info := a.manager.get(task_id)) is not None and info.cancel_requested
+            ),
+            "the cancel to reach worker A",
+        )
+        held.release.set()
+        assert done.wait(5)
+        final = poll(on_b, task_id, lambda t: t["state"] == "cancelled")
+    assert cancelled.status_code == 202
+    assert final["message"] == "2 sent"
+    assert server.calls == 3  # the third email was stopped before it was written
+
+
+def test_step09_without_redis_stays_in_memory(
+    backend: Backend, idempotency_store: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 9: without BGTASKS_REDIS_URL it is step 8's one-process app."""
+    monkeypatch.delenv("BGTASKS_REDIS_URL", raising=False)
+    step = load("tutorial/step09_workers.py")
+    step.connect_to_mail_server = MailServer()
+    assert step.manager.backend is None
+    assert step.store is None
+    with TestClient(step.app, backend=backend) as client:
+        task_id = client.post("/send-notification/foo@example.com").json()["task_id"]
+        status = client.get(f"/tasks/{task_id}").json()
+    assert status["state"] == "succeeded"
+
+
 def test_step10_dashboard_and_status_routes_need_the_admin_token(
     backend: Backend, idempotency_store: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -449,6 +553,40 @@ def test_step10_dashboard_and_status_routes_need_the_admin_token(
     assert page.status_code == 200
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert task_id in {task["id"] for task in listed["tasks"]}
+
+
+def test_step10_dashboard_lists_every_worker_s_tasks(
+    backend: Backend, on_redis: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 10 on step 9's Redis: B's dashboard lists, and can cancel, A's task."""
+    monkeypatch.setenv("ADMIN_TOKEN", "s3cret")
+    a = load("tutorial/step10_dashboard.py", name="step10_dashboard")
+    b = load("tutorial/step10_dashboard.py", name="step10_dashboard")
+    held = Held(at=3)
+    a.connect_to_mail_server = MailServer(on_call=held)
+    admin = {"X-Admin-Token": "s3cret"}
+    with (
+        TestClient(a.app, backend=backend, headers=admin) as on_a,
+        TestClient(b.app, backend=backend, headers=admin) as on_b,
+    ):
+        task_id, done = start_broadcast(on_a, a)
+        assert held.reached.wait(5)
+        poll(on_b, task_id, lambda t: t["state"] == "running")
+        listed = on_b.get("/dashboard/api/tasks").json()["tasks"]
+        cancel = on_b.post(
+            f"/dashboard/api/tasks/{task_id}/cancel",
+            headers={"X-Bgtasks-Action": "cancel"},
+        )
+        wait_until(
+            lambda: (
+                (info := a.manager.get(task_id)) is not None and info.cancel_requested
+            ),
+            "the dashboard's cancel to reach worker A",
+        )
+        held.release.set()
+        assert done.wait(5)
+    assert task_id in {task["id"] for task in listed}
+    assert cancel.status_code == 202
 
 
 # --- Recipes ------------------------------------------------------------------
@@ -804,8 +942,13 @@ def test_every_python_block_of_these_pages_runs(folder: str) -> None:
                 assert lines[number + 1] == "```", f"{page}:{number} mixes code in"
 
 
-# Step 9 is a test module of its own: its tests run here, with the plugin's fixtures.
-_step09: Any = importlib.import_module("docs_src.tutorial.test_step09")
+# Step 11 is a test module of its own: its tests run here, with the plugin's
+# fixtures and its own (as_admin, autouse: it only overrides step 10's app).
+_step11: Any = importlib.import_module("docs_src.tutorial.test_step11")
 globals().update(
-    {name: getattr(_step09, name) for name in dir(_step09) if name.startswith("test_")}
+    {
+        name: getattr(_step11, name)
+        for name in dir(_step11)
+        if name.startswith("test_") or name == "as_admin"
+    }
 )

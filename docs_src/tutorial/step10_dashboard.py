@@ -16,7 +16,21 @@ from bgtasks import (
 )
 from bgtasks.fastapi import TrackedTasks, dashboard_router, lifespan, task_router
 
-manager = TaskManager(drain_timeout=float(os.environ.get("DRAIN_TIMEOUT", "20")))
+# Every worker process reaches one Redis: the task states and the idempotency
+# keys live there. Without BGTASKS_REDIS_URL (one process: development, unit
+# tests) both stay in memory, as before.
+REDIS_URL = os.environ.get("BGTASKS_REDIS_URL")
+REDIS_PREFIX = os.environ.get("BGTASKS_REDIS_PREFIX", "notifications")
+backend = store = None
+if REDIS_URL:
+    from bgtasks.redis import RedisBackend, RedisStore
+
+    backend = RedisBackend.from_url(REDIS_URL, prefix=REDIS_PREFIX)
+    store = RedisStore.from_url(REDIS_URL, prefix=REDIS_PREFIX)
+
+manager = TaskManager(
+    drain_timeout=float(os.environ.get("DRAIN_TIMEOUT", "20")), backend=backend
+)
 app = FastAPI(lifespan=lifespan(manager))
 
 
@@ -42,7 +56,7 @@ def connect_to_mail_server(timeout: float | None):
 
 
 @logged
-@idempotent(key="notification:{email}:{message}", ttl=600)
+@idempotent(key="notification:{email}:{message}", ttl=600, lease=120, store=store)
 @retry(
     on=(ConnectionError, TimeoutError),
     attempts=5,

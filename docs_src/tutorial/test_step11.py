@@ -4,7 +4,15 @@ from fastapi.testclient import TestClient
 from bgtasks import TaskState
 from bgtasks.testing import RetryRecorder
 
-from . import step08_shutdown as main
+from . import step10_dashboard as main
+
+
+@pytest.fixture(autouse=True)
+def as_admin():
+    # The tests act as admins: FastAPI's dependency_overrides skips the token check.
+    main.app.dependency_overrides[main.require_admin] = lambda: None
+    yield
+    main.app.dependency_overrides.clear()
 
 
 class FakeMailServer:
