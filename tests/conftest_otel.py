@@ -20,9 +20,7 @@ def pytest_ignore_collect(collection_path: Path) -> bool | None:
     if HAVE_OTEL:
         return None
     parts = collection_path.parts
-    if "bgtasks" in parts and (
-        collection_path.name == "otel.py" or "_otel" in parts
-    ):
+    if "bgtasks" in parts and (collection_path.name == "otel.py" or "_otel" in parts):
         return True
     return None
 
