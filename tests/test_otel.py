@@ -22,6 +22,7 @@ pytest.importorskip("opentelemetry.sdk")
 from fastapi import BackgroundTasks, FastAPI
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.starlette import StarletteInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -557,6 +558,42 @@ def test_spawned_task_is_linked_to_the_request(
     servers = [s for s in fastapi_otel.finished() if s.kind is SpanKind.SERVER]
     assert servers[0].context is not None
     assert link.context.trace_id == servers[0].context.trace_id
+
+
+def test_add_task_under_starlettes_instrumentation(
+    otel: Telemetry, backend: Backend
+) -> None:
+    """Starlette's instrumentation makes no task span: ours, linked to the request."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from bgtasks.starlette import TrackedBackgroundTasks
+    from bgtasks.starlette import lifespan as starlette_lifespan
+
+    manager = TaskManager()
+
+    async def endpoint(request: Request) -> JSONResponse:
+        tasks = TrackedBackgroundTasks(manager)
+        handle = tasks.add_task(ok)
+        return JSONResponse({"id": handle.id}, background=tasks.background_tasks)
+
+    app = Starlette(
+        routes=[Route("/", endpoint, methods=["POST"])],
+        lifespan=starlette_lifespan(manager),
+    )
+    StarletteInstrumentor.instrument_app(app, tracer_provider=otel.tracer_provider)
+    try:
+        with TestClient(app, backend=backend) as client:
+            task_id = client.post("/").json()["id"]
+    finally:
+        StarletteInstrumentor.uninstrument_app(app)
+    (span,) = task_spans(otel)
+    assert (span.attributes or {})["bgtasks.task.id"] == task_id
+    assert span.parent is None
+    (server,) = [s for s in otel.finished() if s.kind is SpanKind.SERVER]
+    assert [link.context for link in span.links] == [server.context]
 
 
 def test_plain_decorated_task_events_go_to_fastapis_span(
