@@ -423,6 +423,88 @@ async def test_idempotency_waits_are_counted(otel: Telemetry) -> None:
     assert otel.counts("bgtasks.idempotency.misses") == {name_key(name): 1}
 
 
+async def test_idempotency_skips_are_hits(otel: Telemetry) -> None:
+    """A duplicate skipped while the first call runs counts as a hit, "skipped"."""
+    release = anyio.Event()
+    entered = anyio.Event()
+
+    @idempotent(key="k", on_duplicate="skip")
+    async def once() -> str:
+        entered.set()
+        await release.wait()
+        return "done"
+
+    with fresh_idempotency_store():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(once)
+            await entered.wait()
+            assert await once() is None
+            release.set()
+    skipped = tuple(
+        sorted(
+            {
+                **dict(name_key(once.__qualname__)),
+                "bgtasks.idempotency.outcome": "skipped",
+            }.items()
+        )
+    )
+    assert otel.counts("bgtasks.idempotency.hits") == {skipped: 1}
+
+
+def test_sync_overrun_is_recorded(otel: Telemetry) -> None:
+    """A sync function that returns after its deadline records the timeout."""
+    import time
+
+    tracer = otel.tracer_provider.get_tracer("test")
+
+    @timeout(0.001)
+    def late() -> str:
+        time.sleep(0.01)
+        return "kept"
+
+    with tracer.start_as_current_span("caller"):
+        assert late() == "kept"
+    (span,) = otel.finished()
+    assert [e.name for e in span.events] == ["bgtasks.timeout"]
+
+
+async def test_rejected_result_retry_has_no_exception_type(otel: Telemetry) -> None:
+    """A retry asked by retry_if (no exception) has no exception.type."""
+    results = iter([None, "ok"])
+
+    @retry(attempts=2, backoff=0, retry_if=lambda result: result is None)
+    async def poll() -> str | None:
+        return next(results)
+
+    async with TaskManager() as manager:
+        await manager.spawn(poll).wait(timeout=5)
+    (span,) = task_spans(otel)
+    (event,) = span.events
+    assert dict(event.attributes or {}) == {
+        "bgtasks.retry.attempt": 1,
+        "bgtasks.retry.delay": 0.0,
+    }
+
+
+async def test_task_started_before_instrument_has_no_span(otel: Telemetry) -> None:
+    """A task already running when instrument() is called ends without a span."""
+    BgtasksInstrumentor().uninstrument()
+    started, release = anyio.Event(), anyio.Event()
+
+    async def waits() -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    async with TaskManager() as manager:
+        handle = manager.spawn(waits)
+        await started.wait()
+        BgtasksInstrumentor().instrument(tracer_provider=otel.tracer_provider)
+        release.set()
+        assert (await handle.wait(timeout=5)).result == "done"
+    assert task_spans(otel) == []
+
+
 # -- metrics ------------------------------------------------------------------
 
 
