@@ -718,3 +718,86 @@ def test_console_example_prints_the_span_and_the_metrics() -> None:
     for metric in ("bgtasks.task.duration", "bgtasks.task.finished"):
         assert f'"name": "{metric}"' in out
     assert "the mail server is busy" not in out  # messages stay out of telemetry
+
+
+class PaymentDeclinedError(Exception):
+    """A user's own exception class: error.type names its module."""
+
+
+async def test_error_type_is_fully_qualified(otel: Telemetry) -> None:
+    """A non-builtin exception's error.type is module.qualname."""
+
+    async def declined() -> None:
+        raise PaymentDeclinedError
+
+    async with TaskManager(log_failures=False) as manager:
+        await manager.spawn(declined).wait(timeout=5)
+    (span,) = task_spans(otel)
+    error_type = str((span.attributes or {})["error.type"])
+    assert error_type == f"{__name__}.PaymentDeclinedError"
+
+
+async def test_decorators_outside_any_span_only_count(
+    otel: Telemetry, records: list[logging.LogRecord]
+) -> None:
+    """Without a current span, retries and timeouts are counted, logs get no ids."""
+    calls: list[int] = []
+
+    @logged
+    @retry(attempts=2, backoff=0)
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError
+
+    @timeout(0.001)
+    async def slow() -> None:
+        await anyio.sleep_forever()
+
+    await flaky()
+    with pytest.raises(TimeoutError):
+        await slow()
+    assert otel.finished() == []
+    assert otel.counts("bgtasks.task.retries") == {name_key(flaky.__qualname__): 1}
+    assert otel.counts("bgtasks.task.timeouts") == {name_key(slow.__qualname__): 1}
+    assert records
+    assert not any(hasattr(r, "trace_id") for r in records)
+
+
+def test_retry_messages_when_asked() -> None:
+    """With record_exception_messages=True a retry event has exception.message."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    calls: list[int] = []
+
+    @retry(attempts=2, backoff=0)
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("host 10.0.0.1 refused")
+
+    BgtasksInstrumentor().instrument(
+        tracer_provider=provider, record_exception_messages=True
+    )
+    try:
+        with provider.get_tracer("test").start_as_current_span("caller"):
+            flaky()
+    finally:
+        BgtasksInstrumentor().uninstrument()
+    (span,) = spans.get_finished_spans()
+    (event,) = span.events
+    assert (event.attributes or {})["exception.message"] == "host 10.0.0.1 refused"
+
+
+def test_missing_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing bgtasks.otel without opentelemetry names the extra to install."""
+    import importlib
+
+    for name in [m for m in sys.modules if m.startswith("bgtasks.otel")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in [m for m in sys.modules if m.startswith("bgtasks._otel")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    with pytest.raises(ImportError, match=r'pip install "bgtasks\[otel\]"'):
+        importlib.import_module("bgtasks.otel")
