@@ -175,15 +175,16 @@ def test_entry_point_is_registered() -> None:
 # -- task spans ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("func", [ok, sync_ok], ids=["async", "sync"])
+# Not named "func": anyio 4.11's pytest plugin takes that name for itself.
+@pytest.mark.parametrize("target", [ok, sync_ok], ids=["async", "sync"])
 async def test_one_span_per_task_linked_to_the_submitter(
-    otel: Telemetry, func: Any
+    otel: Telemetry, target: Any
 ) -> None:
     """A task's span is a new root named after it, linked to the submitting span."""
     tracer = otel.tracer_provider.get_tracer("test")
     async with TaskManager() as manager:
         with tracer.start_as_current_span("request") as request:
-            handle = manager.spawn(func)
+            handle = manager.spawn(target)
         info = await handle.wait(timeout=5)
     (span,) = task_spans(otel)
     assert span.name == info.name
