@@ -166,10 +166,32 @@ def test_bad_option_fails_naming_it() -> None:
 
 def test_entry_point_is_registered() -> None:
     """opentelemetry-instrument finds the instrumentor under its entry point group."""
+    assert bgtasks_entry_point().load() is BgtasksInstrumentor
+
+
+def bgtasks_entry_point() -> Any:
+    """The ``bgtasks`` entry point of the ``opentelemetry_instrumentor`` group."""
     from importlib.metadata import entry_points
 
-    found = {e.name: e.load() for e in entry_points(group="opentelemetry_instrumentor")}
-    assert found["bgtasks"] is BgtasksInstrumentor
+    group = entry_points(group="opentelemetry_instrumentor")
+    (point,) = [e for e in group if e.name == "bgtasks"]
+    return point
+
+
+def test_auto_instrumentation_turns_it_on() -> None:
+    """opentelemetry-instrument's distro loads the entry point and instruments."""
+    # mypy sees no names in opentelemetry.instrumentation (as in bgtasks._otel).
+    from opentelemetry.instrumentation.distro import (  # type: ignore[attr-defined]
+        DefaultDistro,
+    )
+
+    DefaultDistro().load_instrumentor(
+        bgtasks_entry_point(), raise_exception_on_conflict=True
+    )
+    try:
+        assert current_hook() is not None
+    finally:
+        BgtasksInstrumentor().uninstrument()
 
 
 # -- task spans ---------------------------------------------------------------
