@@ -809,3 +809,23 @@ _step09: Any = importlib.import_module("docs_src.tutorial.test_step09")
 globals().update(
     {name: getattr(_step09, name) for name in dir(_step09) if name.startswith("test_")}
 )
+
+
+def test_opentelemetry_console_prints_the_span_and_the_metrics() -> None:
+    """opentelemetry/console.py prints its task's span and bgtasks' metrics."""
+    import subprocess
+
+    pytest.importorskip("opentelemetry.sdk")
+    out = subprocess.run(
+        [sys.executable, str(DOCS_SRC / "opentelemetry" / "console.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "succeeded receipt 42 sent" in out
+    assert '"name": "send_receipt"' in out
+    assert '"name": "bgtasks.retry"' in out
+    for metric in ("bgtasks.task.duration", "bgtasks.task.finished"):
+        assert f'"name": "{metric}"' in out
+    assert "the mail server is busy" not in out  # messages stay out of telemetry

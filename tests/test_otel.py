@@ -723,26 +723,6 @@ def test_plain_decorated_task_events_go_to_fastapis_span(
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
-def test_console_example_prints_the_span_and_the_metrics() -> None:
-    """docs_src/opentelemetry/console.py prints its task's span and bgtasks' metrics."""
-    from pathlib import Path
-
-    example = Path(__file__).parent.parent / "docs_src" / "opentelemetry" / "console.py"
-    out = subprocess.run(
-        [sys.executable, str(example)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    assert "succeeded receipt 42 sent" in out
-    assert '"name": "send_receipt"' in out
-    assert '"name": "bgtasks.retry"' in out
-    for metric in ("bgtasks.task.duration", "bgtasks.task.finished"):
-        assert f'"name": "{metric}"' in out
-    assert "the mail server is busy" not in out  # messages stay out of telemetry
-
-
 class PaymentDeclinedError(Exception):
     """A user's own exception class: error.type names its module."""
 
