@@ -91,7 +91,7 @@ NEWEST = _newest_present(PYTHONS)
 def _install(session: nox.Session, *groups: str, project: bool = True) -> None:
     deps = [d for g in groups for d in nox.project.dependency_groups(PYPROJECT, g)]
     if project:
-        session.install("-e", ".[fastapi,redis]", *deps)
+        session.install("-e", ".[fastapi,redis,otel]", *deps)
     else:
         session.install(*deps)
 

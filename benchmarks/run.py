@@ -35,6 +35,7 @@ SUITES: dict[str, str] = {
     "memory": "memory_bench",
     "dashboard": "dashboard_bench",
     "redis": "redis_bench",
+    "otel": "otel_bench",
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 from bgtasks._manager.engine import Engine
 
 # Real redis-server processes, for the tests of bgtasks.redis.
-pytest_plugins = ["conftest_redis"]
+pytest_plugins = ["conftest_otel", "conftest_redis"]
 
 
 @pytest.fixture(params=["asyncio", "trio"])

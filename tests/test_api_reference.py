@@ -18,6 +18,7 @@ MODULES = [
     "bgtasks.backoff",
     "bgtasks.exceptions",
     "bgtasks.fastapi",
+    "bgtasks.otel",
     "bgtasks.starlette",
     "bgtasks.testing",
 ]

@@ -952,3 +952,23 @@ globals().update(
         if name.startswith("test_") or name == "as_admin"
     }
 )
+
+
+def test_opentelemetry_console_prints_the_span_and_the_metrics() -> None:
+    """opentelemetry/console.py prints its task's span and bgtasks' metrics."""
+    import subprocess
+
+    pytest.importorskip("opentelemetry.sdk")
+    out = subprocess.run(
+        [sys.executable, str(DOCS_SRC / "opentelemetry" / "console.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "succeeded receipt 42 sent" in out
+    assert '"name": "send_receipt"' in out
+    assert '"name": "bgtasks.retry"' in out
+    for metric in ("bgtasks.task.duration", "bgtasks.task.finished"):
+        assert f'"name": "{metric}"' in out
+    assert "the mail server is busy" not in out  # messages stay out of telemetry

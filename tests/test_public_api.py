@@ -15,6 +15,7 @@ PUBLIC_MODULES = [
     "bgtasks.backoff",
     "bgtasks.exceptions",
     "bgtasks.fastapi",
+    "bgtasks.otel",
     "bgtasks.redis",
     "bgtasks.starlette",
     "bgtasks.testing",

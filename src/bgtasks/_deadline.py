@@ -22,6 +22,8 @@ from threading import get_ident
 import anyio
 import anyio.from_thread
 
+from . import _observe
+
 __all__ = [
     "Deadline",
     "checkpoint",
@@ -136,6 +138,8 @@ def stop_if_due(seen_at: str) -> None:
     if deadline is not None:
         late = -seconds_left(deadline)
         if late >= 0:
+            if _observe.hook is not None:
+                _observe.hook.timed_out(deadline.name, deadline.seconds)
             raise TimeoutError(
                 f"{deadline.name} passed the deadline of its {deadline.seconds:g} s "
                 f"timeout {late:.3f} s ago (seen at {seen_at})"

@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
+from . import _observe
 from ._context import (
     IDEMPOTENT_MARKER,
     LOGGED_MARKER,
@@ -421,11 +422,14 @@ class _Call:
 
     def fields(self) -> dict[str, Any]:
         task = running_task_var.get()
-        return {
+        fields = {
             "task_name": self.name,
             "task_id": None if task is None else task.id,
             "attempt": attempt_var.get(),
         }
+        if _observe.hook is not None:
+            _observe.hook.log_fields(fields)  # trace_id and span_id: logs join traces
+        return fields
 
     def arguments(
         self,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast, final
 
+from . import _observe
 from ._backoff import Backoff, fixed
 from ._context import attempt_var, running_task_var
 from ._testing import RetryRecorder, instant_var
@@ -309,6 +310,8 @@ class RetryRun:
             self.recorder._record(event)  # pyright: ignore[reportPrivateUsage]
             self.skipped += event.delay
         self._log(event)
+        if _observe.hook is not None:
+            _observe.hook.retried(event)
         hook = self.policy.on_retry
         if hook is None:
             return None

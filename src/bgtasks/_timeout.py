@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 from typing_extensions import ParamSpec
 
+from . import _observe
 from ._deadline import Deadline, checkpoint, deadline_var, remaining, seconds_left
 from ._validate import to_seconds
 from ._wrap import callable_name, wrap_same_kind
@@ -121,6 +122,8 @@ def _make_async(
         except TimeoutError as exc:
             if scope is None or not scope.cancelled_caught:
                 raise  # the function's own TimeoutError, not this deadline
+            if _observe.hook is not None:
+                _observe.hook.timed_out(name, limit)
             raise TimeoutError(f"{name} timed out after {limit:g} s") from exc
 
     return wrapper
@@ -140,6 +143,8 @@ def _make_sync(func: Callable[..., Any], limit: float, name: str) -> Callable[..
                 deadline_var.reset(token)
         overrun = time.monotonic() - own
         if overrun > 0:
+            if _observe.hook is not None:
+                _observe.hook.timed_out(name, limit)
             _logger.warning(
                 "%s returned %.3f s after the deadline of its %g s timeout: a sync "
                 "function cannot be interrupted, so its result is kept. Call "

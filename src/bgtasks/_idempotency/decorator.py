@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast, overload
 import anyio.from_thread
 from typing_extensions import ParamSpec
 
+from .. import _observe
 from .._context import IDEMPOTENT_MARKER, outcome_var, report_outcome
 from .._validate import to_seconds
 from .._wrap import callable_name, check_decoratable, unwrap_partial, wrap_same_kind
@@ -297,6 +298,8 @@ def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any
         if record is not None:
             if reporting:
                 report_outcome("replayed")
+            if _observe.hook is not None:
+                _observe.hook.idempotency(policy.name, "hit")
             if fp is None and record.error is None:
                 return record.value
             return policy.replay(record, fp)
@@ -309,6 +312,8 @@ def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any
             if settled is not RUN:
                 return settled
             found = claim
+        if _observe.hook is not None:
+            _observe.hook.idempotency(policy.name, "miss")
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:
@@ -341,6 +346,8 @@ def _async_wrapper(
         if record is not None:
             if reporting:
                 report_outcome("replayed")
+            if _observe.hook is not None:
+                _observe.hook.idempotency(policy.name, "hit")
             if fp is None and record.error is None:
                 return record.value
             return policy.replay(record, fp)
@@ -353,6 +360,8 @@ def _async_wrapper(
             if settled is not RUN:
                 return settled
             found = claim
+        if _observe.hook is not None:
+            _observe.hook.idempotency(policy.name, "miss")
         try:
             value = await func(*args, **kwargs)
         except BaseException as exc:
@@ -381,9 +390,13 @@ def _sync_store_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..
         steps = policy.begin(key, owner, fp, in_thread=True)
         decision, claim = _drive_in_thread(policy, steps)
         if decision is UNGUARDED:
+            if _observe.hook is not None:
+                _observe.hook.idempotency(policy.name, "miss")
             return func(*args, **kwargs)
         if decision is not RUN:
             return decision
+        if _observe.hook is not None:
+            _observe.hook.idempotency(policy.name, "miss")
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:
@@ -412,9 +425,13 @@ def _async_store_wrapper(
         owner = new_owner()
         decision, claim = await _drive(policy.begin(key, owner, fp, in_thread=False))
         if decision is UNGUARDED:
+            if _observe.hook is not None:
+                _observe.hook.idempotency(policy.name, "miss")
             return await func(*args, **kwargs)
         if decision is not RUN:
             return decision
+        if _observe.hook is not None:
+            _observe.hook.idempotency(policy.name, "miss")
         try:
             value = await func(*args, **kwargs)
         except BaseException as exc:

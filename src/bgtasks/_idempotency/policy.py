@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 import anyio
 
+from .. import _observe
 from .._context import DuplicateOutcome, report_outcome
 from .._deadline import checkpoint, remaining
 from ..exceptions import (
@@ -172,6 +173,10 @@ class Policy:
             return RUN
         if self.reporting:
             report_outcome(outcome)
+        if _observe.hook is not None:
+            _observe.hook.idempotency(
+                self.name, "hit" if outcome == "replayed" else "wait"
+            )
         return self.replay(found.record, fingerprint)
 
     def duplicate_now(self, found: ClaimResult, fingerprint: str | None) -> Any:
@@ -180,6 +185,8 @@ class Policy:
         if self.mode == "skip":
             if self.reporting:
                 report_outcome("skipped")
+            if _observe.hook is not None:
+                _observe.hook.idempotency(self.name, "skip")
             return None
         raise DuplicateTaskError(
             f"{self.name}() is already running for this idempotency key "

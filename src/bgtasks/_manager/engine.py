@@ -34,6 +34,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from .. import _observe
 from .._context import running_task_var
 from .._wrap import unwrap_partial
 from ..exceptions import ManagerNotRunningError
@@ -286,6 +287,8 @@ class Engine:
             lock.release()
         if info is not None:
             self.subscribers.notify_sync([TaskEvent(record.id, None, _PENDING, info)])
+        if _observe.hook is not None:
+            _observe.hook.task_submitted(record)
         return launch
 
     def launch(self, record: TaskRecord) -> None:
@@ -341,6 +344,8 @@ class Engine:
             record
         ):
             return  # cancelled, or the manager closed, before Starlette ran it
+        if _observe.hook is not None:
+            _observe.hook.external_run(context)
         failure: list[Exception] = []
         try:
             # A child task, so the function runs in the context captured by
@@ -450,6 +455,8 @@ class Engine:
             self.link.push(record.id, {"state": "running", "started": started})
         assert func is not None  # a PENDING record holds its call
         running_task_var.set(record)
+        if _observe.hook is not None:
+            _observe.hook.task_started(record)
         try:
             if info is not None:
                 await subscribers.announce_start(created, info)
@@ -503,9 +510,12 @@ class Engine:
         lock = self.lock
         lock.acquire()  # not `with`: on the per-task path it costs twice as much
         try:
-            return self._end(record, state, outcome, now, mono)
+            event = self._end(record, state, outcome, now, mono)
         finally:
             lock.release()
+        if _observe.hook is not None:
+            _observe.hook.task_ended(record)
+        return event
 
     def _end(
         self,
@@ -547,6 +557,8 @@ class Engine:
         record.cancel_requested = True
         created = record.snapshot() if self.subscribers.async_ else None
         event = self._end(record, TaskState.CANCELLED, reason, now, mono)
+        if _observe.hook is not None:
+            _observe.hook.task_dropped(record)
         if self.slots is not None:
             self.slots.forget(record)
         if event is None:
