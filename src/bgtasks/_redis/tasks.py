@@ -263,7 +263,8 @@ class TaskMirror:
         # Ids written since the last publish (None: too many, readers reload).
         self._changed: set[str] | None = set()
         self._watched = False
-        self._published_at = self._watch_checked_at = -math.inf
+        # The first ask waits a period too, so a short-lived worker never asks.
+        self._published_at = self._watch_checked_at = time.monotonic()
         self._rejected: set[str] = set()
         self._dropped = 0
         self._writes = 0
