@@ -37,6 +37,7 @@ _NEEDS_COREDIS = (
     "test_redis_tasks.py",
     "test_redis_idempotent.py",
     "test_redis_backend.py",
+    "test_redis_dashboard.py",
     "test_e2e_workers.py",
 )
 _ITEMS_NEEDING_COREDIS = ("docs/workers.md", "bgtasks.redis")

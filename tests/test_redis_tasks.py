@@ -734,7 +734,7 @@ async def test_changes_are_published_only_while_watched(
         await writer._publish()  # asks: nobody watches, nothing is kept
         assert not await client.exists(["{t}:changes"])
         start = await reader.changes(None)
-        assert start.tasks == [] and not start.gap
+        assert (start.tasks, start.gap) == ([], False)
         _create(writer, "w")
         _create(reader, "own")
         await writer.flush()

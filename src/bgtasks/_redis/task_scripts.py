@@ -24,6 +24,7 @@ __all__ = [
     "READ_CHANGES",
     "REQUEST_CANCEL",
     "SCAN_INDEX",
+    "SET_COUNTS",
     "WRITE_TASKS",
     "Script",
 ]
@@ -125,6 +126,16 @@ if #cancels > 0 then
   for _, id in ipairs(cancels) do out[#out + 1] = id end
 end
 return out
+"""
+)
+
+# KEYS: worker hash. ARGV: field, value pairs (active tasks per state). Only
+# updates a registered worker: the heartbeat alone (re)creates the hash, so a
+# missing one tells the heartbeat that Redis lost its data.
+SET_COUNTS = Script(
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return 1
 """
 )
 

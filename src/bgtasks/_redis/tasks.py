@@ -271,7 +271,7 @@ class TaskMirror:
         self._wake = anyio.Event()
         self._woken = False
         self._flush_lock = anyio.Lock()
-        self._progress_flushed = 0.0
+        self._progress_flushed = time.monotonic()
         self._down = False
         self._contact_since: float | None = None
         self._server_clock: tuple[float, float] | None = None
@@ -346,6 +346,10 @@ class TaskMirror:
             gen = self._active.get(task_id)
             if gen is None:  # progress of a task never created here: nothing to add to
                 return
+            if not self._progress and not self._woken:
+                # The loop may be parked with nothing due: let it time this one.
+                self._woken = True
+                self._wake.set()
             self._progress[task_id] = _Pending(gen, False, dict(fields))
             self._bound()
             return
@@ -450,6 +454,7 @@ class TaskMirror:
                 scripts.COUNT_TASKS,
                 scripts.PUBLISH_CHANGES,
                 scripts.READ_CHANGES,
+                scripts.SET_COUNTS,
             ):
                 pipe.script_load(script.source)
         self._scripts_loaded = True
@@ -581,7 +586,11 @@ class TaskMirror:
                 if active:
                     pipe.sadd(tasks_key, active)
                 if counts is not None:
-                    pipe.hset(worker_key, {f"n:{k}": v for k, v in counts.items()})
+                    pipe.evalsha(
+                        scripts.SET_COUNTS.sha,
+                        [worker_key],
+                        [x for k, v in counts.items() for x in (f"n:{k}", v)],
+                    )
                 replies = [
                     pipe.evalsha(
                         scripts.WRITE_TASKS.sha,
