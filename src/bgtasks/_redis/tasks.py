@@ -81,8 +81,8 @@ _MAX_WORKERS = 1000
 # seconds otherwise, and sends "*" (reload) instead of more than _FEED_IDS ids.
 _PUBLISH_EVERY = 0.25
 _WATCH_CHECK = 1.0
-_FEED_IDS = 500
-_FEED_ENTRIES = 200  # entries the stream keeps (MAXLEN ~)
+_FEED_IDS = 1000  # the feed sends at most 1000 tasks a batch too
+_FEED_ENTRIES = 100  # entries the stream keeps (MAXLEN ~): ~2.5 MB at worst
 _FEED_TTL_MS = 60_000  # the stream goes once nobody published for this long
 _WATCH_MS = 5000  # a reader's mark lasts this long; readers renew it each read
 
@@ -511,6 +511,8 @@ class TaskMirror:
                 except BaseException:
                     self._restore(batch)
                     raise
+                if self._publish_due() <= 0:  # here too: busy, this loop never ends
+                    await self._publish()
 
     def _progress_due(self) -> bool:
         # Checked per batch: under steady load one flush call never returns.
@@ -846,7 +848,7 @@ class TaskMirror:
             self._woken = False
             try:
                 await self._flush(progress=False)
-                if self._publish_due() <= 0:
+                if self._publish_due() <= 0:  # nothing to write, ids still to tell
                     await self._publish()
             except BackendUnavailableError as exc:
                 self._failed(exc)

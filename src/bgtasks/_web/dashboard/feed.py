@@ -53,7 +53,7 @@ RING = 8  # batches kept for streams that are behind
 MAX_BATCH = 1000  # tasks per batch; beyond, pages reload instead
 RECONNECT_MS = 1000  # what EventSource waits before it reconnects
 REMOTE_TIMEOUT = 0.5  # a read of other workers' changes may hold a batch this long
-REMOTE_RETRY = 5.0  # then, after a failed read, the next waits this long
+REMOTE_RETRY = 2.0  # then, after a failed read, the next waits this long
 
 _Render = Callable[[TaskInfo], dict[str, Any]]
 _Stats = Callable[[], Awaitable[dict[str, Any]]]
