@@ -48,6 +48,7 @@ _NEEDS_COREDIS = (
     "test_redis_tasks.py",
     "test_redis_idempotent.py",
     "test_redis_backend.py",
+    "test_redis_dashboard.py",
     "test_e2e_workers.py",
     "test_redis_cluster.py",
 )

@@ -212,6 +212,7 @@ def test_progress_moves_without_a_reload(server: Server, page: Page) -> None:
         arg=[handle.id, before],
     )
     shows(line.locator(".msg"), f"step {server.control.step} of 10")
+    shows(page.locator("#scope"), "this process")  # no shared backend here
 
 
 def test_xss_payload_shows_as_text(server: Server, page: Page) -> None:

@@ -54,6 +54,8 @@ def snapshot(
 class FakeSource:
     """The part of TaskSource the feed uses; the test plays the manager."""
 
+    shared = False
+
     def __init__(self) -> None:
         self.running = True
         self.callbacks: list[Callable[[TaskInfo], object]] = []
@@ -82,8 +84,13 @@ def make_feed(source: FakeSource) -> ChangeFeed:
     return ChangeFeed(
         cast("TaskSource", source),
         lambda i: {"id": i.id, "state": i.state.value, "message": i.message},
-        lambda: {"total": 0},
+        stats,
     )
+
+
+async def stats() -> dict[str, Any]:
+    """What the fake dashboard's statistics render as."""
+    return {"total": 0}
 
 
 def events(chunk: bytes) -> list[tuple[str, Any]]:
@@ -115,7 +122,7 @@ async def test_changes_of_one_task_are_coalesced() -> None:
     source.change(snapshot(1, message="b"))
     source.change(snapshot(2, message="x"))
     source.change(snapshot(1, TaskState.SUCCEEDED, message="c"))
-    feed._cut(later(feed))
+    await feed._cut(later(feed))
     chunk, seq = feed._since(0)
     assert seq == 1
     (name, data), (stats, _) = events(chunk)
@@ -135,10 +142,10 @@ async def test_nothing_changed_sends_nothing() -> None:
     source = FakeSource()
     feed = make_feed(source)
     feed._attach()
-    feed._cut(later(feed))
+    await feed._cut(later(feed))
     assert feed._since(0) == (b"", 0)
     source.change(snapshot(1))
-    feed._cut(anyio.current_time())  # the window is still open
+    await feed._cut(anyio.current_time())  # the window is still open
     assert feed._since(0) == (b"", 0)
 
 
@@ -165,7 +172,7 @@ async def test_a_stream_too_far_behind_is_told_to_resync() -> None:
     for number in range(feed.ring + 3):
         source.change(snapshot(number))
         now += feed.tick * 2
-        feed._cut(now)
+        await feed._cut(now)
     assert len(feed._batches) == feed.ring
     chunk, seq = feed._since(0)
     assert events(chunk) == [("resync", {})]
@@ -182,7 +189,7 @@ async def test_a_huge_batch_keeps_the_newest_and_asks_for_a_reload() -> None:
     feed._attach()
     for number in range(10):
         source.change(snapshot(number))
-    feed._cut(later(feed))
+    await feed._cut(later(feed))
     (_, data), _ = events(feed._since(0)[0])
     assert data["resync"] is True
     assert [task["id"] for task in data["tasks"]] == ["t9", "t8", "t7"]
@@ -195,14 +202,14 @@ async def test_progress_of_running_tasks_is_polled() -> None:
     feed._attach()
     source.running_tasks = [snapshot(1, progress=0.1), snapshot(2, progress=0.5)]
     now = later(feed)
-    feed._cut(now)
+    await feed._cut(now)
     chunk, seq = feed._since(0)
     assert [t["id"] for t in events(chunk)[0][1]["tasks"]] == ["t1", "t2"]
     source.running_tasks = [
         snapshot(1, progress=0.2, message="m"),
         snapshot(2, progress=0.5),
     ]
-    feed._cut(now + 1)
+    await feed._cut(now + 1)
     chunk, seq = feed._since(seq)
     assert events(chunk)[0][1]["tasks"] == [
         {"id": "t1", "state": "running", "message": "m"}
@@ -210,7 +217,7 @@ async def test_progress_of_running_tasks_is_polled() -> None:
     # A finishing event beats an older poll of the same task.
     source.change(snapshot(1, TaskState.SUCCEEDED))
     source.running_tasks = [snapshot(1, progress=0.9)]
-    feed._cut(now + 2)
+    await feed._cut(now + 2)
     chunk, _ = feed._since(seq)
     assert events(chunk)[0][1]["tasks"][0]["state"] == "succeeded"
 

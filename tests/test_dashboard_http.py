@@ -254,6 +254,8 @@ def test_stats_count_every_state(site: Site) -> None:
     assert body["success_rate"] == 0.5
     assert body["duration_p50"] >= 0
     assert body["live"] is True
+    # No shared backend: this process's own records, and nothing is degraded.
+    assert (body["scope"], body["degraded"]) == ("worker", False)
 
 
 def test_error_messages_hidden_by_default(site: Site) -> None:

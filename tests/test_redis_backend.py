@@ -311,7 +311,11 @@ async def test_a_manager_without_backend_mirrors_nothing() -> None:
 async def test_routes_answer_for_every_worker_and_503_while_redis_is_down(
     private_redis: RedisServer,
 ) -> None:
-    """Both routers and the dashboard serve B's view of A's task; 503 when down."""
+    """Both routers and the dashboard serve B's view of A's task; 503 when down.
+
+    Redis then restarts empty: A's running task shows again on B, then its
+    later progress and its end.
+    """
     from fastapi import FastAPI
     from starlette.applications import Starlette
     from starlette.routing import Mount
@@ -319,9 +323,11 @@ async def test_routes_answer_for_every_worker_and_503_while_redis_is_down(
     import bgtasks.fastapi
     import bgtasks.starlette
 
-    release = anyio.Event()
+    step, release = anyio.Event(), anyio.Event()
 
     async def job() -> str:
+        await step.wait()
+        current_task().set_progress(0.5, "after the restart")
         await release.wait()
         return "ok"
 
@@ -334,6 +340,8 @@ async def test_routes_answer_for_every_worker_and_503_while_redis_is_down(
                 Mount("/dashboard", bgtasks.starlette.dashboard_router(b)),
             ]
         )
+        done_before = a.spawn(anyio.sleep, 0)
+        await _until(lambda: b.aget(done_before.id), _finished)
         handle = a.spawn(job)
         await _until(lambda: b.aget(handle.id), lambda i: i.state is TaskState.RUNNING)
         for app, listing in ((api, "/tasks"), (site, "/tasks/")):
@@ -344,7 +352,10 @@ async def test_routes_answer_for_every_worker_and_503_while_redis_is_down(
                 got = await http.get(f"/tasks/{handle.id}")
                 assert (got.status_code, got.json()["state"]) == (200, "running")
                 listed = await http.get(listing)
-                assert [t["id"] for t in listed.json()["tasks"]] == [handle.id]
+                assert [t["id"] for t in listed.json()["tasks"]] == [
+                    handle.id,
+                    done_before.id,
+                ]
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=site), base_url="http://test"
         ) as http:
@@ -362,9 +373,24 @@ async def test_routes_answer_for_every_worker_and_503_while_redis_is_down(
                 "detail": "task state backend unavailable, try again shortly"
             }
             assert answers[0].headers["retry-after"] == "1"
-            # Restarted empty (no persistence here): tasks from now on show again.
+            # Restarted empty: RedisServer keeps nothing on disk (no RDB, no AOF).
             private_redis.restart()
+            # A's next heartbeat finds its registration gone: its running task
+            # is written whole again; the finished one stays gone with the data.
+            back = await _until(
+                lambda: b.aget(handle.id), lambda i: i.name != "", deadline=10
+            )
+            assert back.state is TaskState.RUNNING
+            assert await b.aget(done_before.id) is None
+            step.set()  # a later update of the running task reaches B too
+            moved = await _until(
+                lambda: b.aget(handle.id), lambda i: i.progress == 0.5, deadline=10
+            )
+            assert moved.state is TaskState.RUNNING
+            assert moved.message == "after the restart"
             release.set()
+            final_info = await _until(lambda: b.aget(handle.id), _finished, deadline=10)
+            assert (final_info.state, final_info.result) == (TaskState.SUCCEEDED, "ok")
             later = a.spawn(job)
             await later.wait()
             await _until(lambda: b.aget(later.id), _finished, deadline=10)

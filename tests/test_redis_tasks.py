@@ -638,3 +638,119 @@ async def test_progress_is_written_while_state_changes_never_stop(
                 while (got := await mirror.get("a")) and got["progress"] != "0.5":
                     await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
+
+
+async def test_a_record_redis_lost_is_written_whole_again(
+    private_redis: RedisServer,
+) -> None:
+    """After the data is gone, an update (or the next heartbeat) re-creates the task."""
+    async with _client(private_redis) as client:
+        mirror = TaskMirror(client, prefix="t")
+        await mirror.heartbeat()
+        _create(mirror, "a")
+        _create(mirror, "b")
+        mirror.push("a", {"state": "running", "started": 5.0}, terminal=False)
+        await mirror.flush()
+        await client.flushall()  # what a restart without persistence leaves
+        mirror.push("a", {"progress": 0.5}, terminal=False, progress_only=True)
+        await mirror.flush()  # finds no record: queues the whole one
+        await mirror.flush()
+        a = await mirror.get("a")
+        assert a is not None
+        assert (a["name"], a["state"], a["started"], a["progress"]) == (
+            "job",
+            "running",
+            "5.0",
+            "0.5",
+        )
+        assert await mirror.get("b") is None  # no update yet
+        await mirror.heartbeat()  # its registration is gone: every task again
+        await mirror.flush()
+        b = await mirror.get("b")
+        assert b is not None
+        assert (b["state"], b["name"]) == ("pending", "job")
+        assert await client.zscore("t:workers", mirror.worker_id) is not None
+        assert [row["id"] for row in (await mirror.list())[0]] == ["b", "a"]
+        await client.flushall()
+        _finish(mirror, "a")  # a final update of a lost record: written whole
+        await mirror.flush()
+        await mirror.flush()
+        a = await mirror.get("a")
+        assert a is not None
+        assert (a["state"], a["name"]) == ("succeeded", "job")
+        assert await client.zscore("{t}:finished", "a") is not None
+
+
+async def test_stats_count_every_worker_and_time_the_runs(
+    private_redis: RedisServer,
+) -> None:
+    """Finished sets per state, run times by rank, and each worker's active counts."""
+    async with _client(private_redis) as client:
+        one = TaskMirror(client, prefix="t", max_finished=4)
+        two = TaskMirror(client, prefix="t", max_finished=4)
+        for mirror in (one, two):
+            await mirror.heartbeat()
+        _create(one, "p")
+        _create(two, "r")
+        two.push("r", {"state": "running"}, terminal=False)
+        start = time.time() - 100
+        for i, took in enumerate([1.0, 2.0, 3.0, 4.0, 50.0]):
+            _create(one, f"f{i}")
+            one.push(f"f{i}", {"started": start + i}, terminal=False)
+            fields: dict[str, FieldValue] = {
+                "state": "failed" if i == 0 else "succeeded",
+                "finished": start + took + i,  # in this order
+            }
+            one.push(f"f{i}", fields, terminal=True)
+            await one.flush()
+        await two.flush()
+        stats = await one.stats()
+        # f0 (the oldest) was trimmed past max_finished: out of every index.
+        assert stats == {
+            "counts": {
+                "pending": 1,
+                "running": 1,
+                "cancelled": 0,
+                "failed": 0,
+                "interrupted": 0,
+                "succeeded": 4,
+            },
+            "p50": 3.0,
+            "p95": 50.0,
+        }
+        await one.close()  # active tasks left: stays registered and counted
+        _finish(two, "r")
+        await two.flush()
+        counts = (await two.stats())["counts"]
+        # r finished: the oldest success left, as max_finished says.
+        assert (counts["running"], counts["pending"], counts["succeeded"]) == (0, 1, 4)
+
+
+async def test_changes_are_published_only_while_watched(
+    private_redis: RedisServer,
+) -> None:
+    """No reader: no stream at all. A reader sees other workers' writes, not its own."""
+    async with _client(private_redis) as client:
+        writer = TaskMirror(client, prefix="t")
+        reader = TaskMirror(client, prefix="t")
+        _create(writer, "early")
+        await writer.flush()
+        await writer._publish()  # asks: nobody watches, nothing is kept
+        assert not await client.exists(["{t}:changes"])
+        start = await reader.changes(None)
+        assert (start.tasks, start.gap) == ([], False)
+        _create(writer, "w")
+        _create(reader, "own")
+        await writer.flush()
+        await reader.flush()
+        writer._watch_checked_at = writer._published_at = -1e9
+        await writer._publish()
+        reader._watch_checked_at = reader._published_at = -1e9
+        await reader._publish()
+        found = await reader.changes(start.position)
+        assert ([row["id"] for row in found.tasks], found.gap) == (["w"], False)
+        again = await reader.changes(found.position)
+        assert (again.tasks, again.gap) == ([], False)
+        writer._changed = None  # too many ids for one entry: readers reload
+        await writer._publish()
+        assert (await reader.changes(again.position)).gap

@@ -13,6 +13,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 from .records import TaskError, TaskRecord, TaskState
@@ -20,7 +21,16 @@ from .records import TaskError, TaskRecord, TaskState
 if TYPE_CHECKING:
     from .records import TaskInfo
 
-__all__ = ["FieldValue", "Mirror", "MirrorLink", "TaskBackend", "final_fields"]
+__all__ = [
+    "FieldValue",
+    "Mirror",
+    "MirrorLink",
+    "ObservableBackend",
+    "SharedChanges",
+    "SharedStats",
+    "TaskBackend",
+    "final_fields",
+]
 
 FieldValue: TypeAlias = "str | int | float | bool | None"
 
@@ -62,6 +72,47 @@ class TaskBackend(Protocol):
     def is_cursor(self, after: str) -> bool: ...
 
     async def request_cancel(self, task_id: str) -> bool | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SharedStats:
+    """Every worker's tasks counted per state, and the finished ones' run times.
+
+    ``success_rate`` is succeeded / finished-but-not-cancelled; the durations
+    are nearest-rank percentiles of ``finished_at - started_at`` in seconds.
+    Each is None without data.
+    """
+
+    counts: dict[TaskState, int]
+    success_rate: float | None
+    duration_p50: float | None
+    duration_p95: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedChanges:
+    """Tasks other workers changed since ``position``'s predecessor.
+
+    ``resync`` means some changes were missed: reload instead of patching.
+    """
+
+    tasks: list[TaskInfo]
+    position: str
+    resync: bool
+
+
+@runtime_checkable
+class ObservableBackend(Protocol):
+    """What a backend may add for the dashboard: the view over every worker.
+
+    ``RedisBackend`` is one. Both methods raise ``BackendUnavailableError``
+    when the store cannot answer, and ``RuntimeError`` while the manager is
+    not running.
+    """
+
+    async def stats(self) -> SharedStats: ...
+
+    async def changes(self, after: str | None) -> SharedChanges: ...
 
 
 class MirrorLink:

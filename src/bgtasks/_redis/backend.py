@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import anyio
 import coredis
 
+from .._manager.backend import SharedChanges, SharedStats
 from .._manager.records import TaskError, TaskInfo, TaskState
 from .._validate import check_int, to_seconds
 from ._store import _SCHEMES, _verified_tls  # pyright: ignore[reportPrivateUsage]
@@ -265,6 +266,46 @@ class RedisBackend:
         )
         infos = [info for info in map(info_of, rows) if info is not None]
         return infos, None if following is None else self._encode(following)
+
+    async def stats(self) -> SharedStats:
+        """Count every worker's tasks per state and time the finished ones' runs.
+
+        Over what Redis keeps: the finished tasks (``max_finished``,
+        ``finished_ttl``) and the active tasks of every registered worker.
+
+        Raises:
+            BackendUnavailableError: Redis failed.
+        """
+        found = await self._open_mirror().stats()
+        counts = dict.fromkeys(TaskState, 0)
+        for value, count in found["counts"].items():
+            state = _STATES.get(value)
+            if state is not None:
+                counts[state] = count
+        succeeded = counts[TaskState.SUCCEEDED]
+        judged = (
+            sum(n for s, n in counts.items() if s.is_finished)
+            - counts[TaskState.CANCELLED]
+        )
+        return SharedStats(
+            counts=counts,
+            success_rate=succeeded / judged if judged > 0 else None,
+            duration_p50=found["p50"],
+            duration_p95=found["p95"],
+        )
+
+    async def changes(self, after: str | None) -> SharedChanges:
+        """Read the tasks other workers changed since ``after`` (None: from now).
+
+        Workers publish which tasks they wrote only while some dashboard
+        reads this, at most four times a second each.
+
+        Raises:
+            BackendUnavailableError: Redis failed.
+        """
+        found = await self._open_mirror().changes(after)
+        infos = [info for info in map(info_of, found.tasks) if info is not None]
+        return SharedChanges(infos, found.position, found.gap)
 
     def is_cursor(self, after: str) -> bool:
         """Tell whether ``after`` is a cursor this backend made."""

@@ -13,14 +13,18 @@ import hashlib
 
 __all__ = [
     "CLAIM_REAP",
+    "COUNT_TASKS",
     "DELETE_FINISHED",
     "FINISH_REAP",
     "HEARTBEAT",
     "INDEX_CREATED",
     "INDEX_FINISHED",
     "INTERRUPT_TASKS",
+    "PUBLISH_CHANGES",
+    "READ_CHANGES",
     "REQUEST_CANCEL",
     "SCAN_INDEX",
+    "SET_COUNTS",
     "WRITE_TASKS",
     "Script",
 ]
@@ -100,25 +104,38 @@ return out
 )
 
 # KEYS: worker hash, fenced, tasks set, cancels set.
-# ARGV: lease_ms, safety_ms, host, pid, started.
-# Returns {0} once fenced, else {lease deadline ms, server now ms, cancel ids...}.
+# ARGV: lease_ms, safety_ms, host, pid, started, then field, value pairs (the
+# worker's active tasks per state). Returns {0} once fenced, else {lease
+# deadline ms, server now ms, fresh, cancel ids...}: fresh is 1 when the worker
+# hash was missing (a first beat, or a Redis that restarted empty).
 HEARTBEAT = Script(
     _STATES
     + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {0} end
+local fresh = 1 - redis.call('EXISTS', KEYS[1])
 local now = now_ms()
 local deadline = now + tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'host', ARGV[3], 'pid', ARGV[4], 'started', ARGV[5],
-  'lease_until', deadline)
+  'lease_until', deadline, unpack(ARGV, 6))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
-local out = {deadline, now}
+local out = {deadline, now, fresh}
 local cancels = redis.call('SMEMBERS', KEYS[4])
 if #cancels > 0 then
   redis.call('DEL', KEYS[4])
   for _, id in ipairs(cancels) do out[#out + 1] = id end
 end
 return out
+"""
+)
+
+# KEYS: worker hash. ARGV: field, value pairs (active tasks per state). Only
+# updates a registered worker: the heartbeat alone (re)creates the hash, so a
+# missing one tells the heartbeat that Redis lost its data.
+SET_COUNTS = Script(
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return 1
 """
 )
 
@@ -147,54 +164,136 @@ return out
 """
 )
 
-# KEYS: the created index, the finished index. ARGV: a JSON array [id, created
-# ms, ...] of new submissions. Indexes them (after their records were written,
-# so a reader never drops a new entry as stale) and forgets a reused id's
-# old finished entry.
+# Both index scripts take the same KEYS, all in the prefix's slot: the created
+# index, the finished index, the durations of the finished tasks that ran
+# (score: seconds), then one finished set per final state, named in ARGV[1].
+_INDEXES = """
+local by_state = {}
+for k, name in ipairs(cjson.decode(ARGV[1])) do by_state[name] = KEYS[k + 3] end
+local function forget(ids, from)
+  for i = 1, #ids, 1000 do
+    local j = math.min(i + 999, #ids)
+    for k = from, #KEYS do redis.call('ZREM', KEYS[k], unpack(ids, i, j)) end
+  end
+end
+"""
+
+# ARGV: final state names, a JSON array [id, created ms, ...] of new
+# submissions. Indexes them (after their records were written, so a reader
+# never drops a new entry as stale) and forgets a reused id's old finished
+# entries.
 INDEX_CREATED = Script(
-    """
-local items = cjson.decode(ARGV[1])
+    _INDEXES
+    + """
+local items = cjson.decode(ARGV[2])
+local ids = {}
 for i = 1, #items, 1000 do
-  local add, ids = {}, {}
+  local add = {}
   for j = i, math.min(i + 999, #items), 2 do
     add[#add + 1] = items[j + 1]
     add[#add + 1] = items[j]
     ids[#ids + 1] = items[j]
   end
   redis.call('ZADD', KEYS[1], unpack(add))
-  redis.call('ZREM', KEYS[2], unpack(ids))
 end
+forget(ids, 2)
 return 1
 """
 )
 
-# KEYS: the created index, the finished index. ARGV: max_finished, cutoff ms,
-# a JSON array [id, finished ms, ...]. Indexes those finished tasks, drops the
-# entries finished before the cutoff and the oldest past max_finished from
-# both indexes, and returns the dropped ids (their hashes go next, by slot).
+# ARGV: final state names, max_finished, cutoff ms, a JSON array [id, finished
+# ms, state, duration s (-1: it never ran), ...]. Indexes those finished tasks
+# (once: a retried write changes nothing), drops the entries finished before
+# the cutoff and the oldest past max_finished from every index, and returns
+# the dropped ids (their hashes go next, by slot). So the counts per final
+# state and the durations cover exactly the finished tasks Redis keeps.
 INDEX_FINISHED = Script(
-    """
-local items = cjson.decode(ARGV[3])
-for i = 1, #items, 1000 do
-  local add = {}
-  for j = i, math.min(i + 999, #items), 2 do
-    add[#add + 1] = items[j + 1]
-    add[#add + 1] = items[j]
+    _INDEXES
+    + """
+local items = cjson.decode(ARGV[4])
+for i = 1, #items, 4 do
+  local id, ms, took = items[i], items[i + 1], items[i + 3]
+  if redis.call('ZADD', KEYS[2], 'NX', ms, id) == 1 then
+    local key = by_state[items[i + 2]]
+    if key then redis.call('ZADD', key, ms, id) end
+    if took >= 0 then redis.call('ZADD', KEYS[3], took, id) end
   end
-  redis.call('ZADD', KEYS[2], 'NX', unpack(add))
 end
-local popped = redis.call('ZRANGE', KEYS[2], '-inf', '(' .. ARGV[2], 'BYSCORE',
+local old = #redis.call('ZRANGE', KEYS[2], '-inf', '(' .. ARGV[3], 'BYSCORE',
   'LIMIT', 0, 1000)
-if #popped > 0 then redis.call('ZREM', KEYS[2], unpack(popped)) end
-local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[1])
-if excess > 0 then
-  local oldest = redis.call('ZPOPMIN', KEYS[2], excess)
-  for i = 1, #oldest, 2 do popped[#popped + 1] = oldest[i] end
-end
-for i = 1, #popped, 1000 do
-  redis.call('ZREM', KEYS[1], unpack(popped, i, math.min(i + 999, #popped)))
-end
+local drop = math.max(old, redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2]))
+if drop == 0 then return {} end
+local popped = redis.call('ZRANGE', KEYS[2], 0, drop - 1)
+forget(popped, 1)
 return popped
+"""
+)
+
+# KEYS: the durations, then one finished set per final state. Returns the size
+# of each finished set, the number of durations, then (if any) the p50 and p95
+# durations by nearest rank: O(log n) whatever the history's size.
+COUNT_TASKS = Script(
+    """
+local out = {}
+for k = 2, #KEYS do out[#out + 1] = redis.call('ZCARD', KEYS[k]) end
+local n = redis.call('ZCARD', KEYS[1])
+out[#out + 1] = n
+if n > 0 then
+  for _, fraction in ipairs({0.5, 0.95}) do
+    local rank = math.max(1, math.ceil(fraction * n)) - 1
+    out[#out + 1] = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')[2]
+  end
+end
+return out
+"""
+)
+
+# The change feed: a stream of which tasks each worker wrote, kept only while
+# some dashboard watches (the watched flag, refreshed by every reader).
+# KEYS: the stream, the watched flag. ARGV: max entries, stream ttl ms, wid,
+# JSON ids ("*": too many, readers reload). Adds the entry only if watched;
+# returns 1 if watched, else 0, so an unwatched worker stops publishing.
+PUBLISH_CHANGES = Script(
+    """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'w', ARGV[3], 'ids', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+)
+
+# KEYS: the stream, the watched flag. ARGV: watch ms, max entries, the last
+# entry read ('' = start from now), count. Marks the feed watched and returns
+# {last entry id, gap (0/1), wid, ids, ...} for the entries after the last one
+# read. A gap means entries were trimmed unread: the reader's pages reload.
+READ_CHANGES = Script(
+    """
+local function before(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, bm = tonumber(am), tonumber(bm)
+  return am < bm or (am == bm and tonumber(as) < tonumber(bs))
+end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+if ARGV[3] == '' then
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  return {newest and newest[1] or '0-0', 0}
+end
+local out = {ARGV[3], 0}
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+if oldest and before(ARGV[3], oldest[1])
+  and redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then
+  out[2] = 1
+end
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '(' .. ARGV[3], '+',
+    'COUNT', ARGV[4])) do
+  out[1] = entry[1]
+  local fields = {}
+  for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
+  out[#out + 1] = fields.w or ''
+  out[#out + 1] = fields.ids or '*'
+end
+return out
 """
 )
 

@@ -52,6 +52,7 @@ from ._errors import BackendUnavailableError
 __all__ = [
     "BackendUnavailableError",
     "CancelRequest",
+    "Changes",
     "FieldValue",
     "TaskMirror",
 ]
@@ -63,6 +64,8 @@ FieldValue: TypeAlias = "str | int | float | bool | None"
 Client: TypeAlias = "coredis.Redis[str] | coredis.RedisCluster[str]"
 
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+_FINAL_STATES = sorted(_TERMINAL)  # one finished set each, in this order
+_ACTIVE_STATES = ("pending", "running")  # counted per worker, in its hash
 # Nothing lives forever, even if every worker vanished while a task ran.
 _SAFETY_TTL = 7 * 24 * 3600.0
 # Tasks per script call on a single server (a call blocks Redis for ~5 ms).
@@ -71,6 +74,17 @@ _BATCH = 1000
 _MAX_FLUSH = 20_000
 # Workers examined per reaper pass.
 _REAP_SCAN = 16
+# Workers whose active tasks the shared statistics add up.
+_MAX_WORKERS = 1000
+# The change feed: a worker publishes the ids it wrote at most this often while
+# a dashboard watches, asks whether one does at most every _WATCH_CHECK
+# seconds otherwise, and sends "*" (reload) instead of more than _FEED_IDS ids.
+_PUBLISH_EVERY = 0.25
+_WATCH_CHECK = 1.0
+_FEED_IDS = 1000  # the feed sends at most 1000 tasks a batch too
+_FEED_ENTRIES = 100  # entries the stream keeps (MAXLEN ~): ~2.5 MB at worst
+_FEED_TTL_MS = 60_000  # the stream goes once nobody published for this long
+_WATCH_MS = 5000  # a reader's mark lasts this long; readers renew it each read
 
 
 class CancelRequest(NamedTuple):
@@ -84,6 +98,20 @@ class CancelRequest(NamedTuple):
 
     outcome: Literal["requested", "finished", "unknown"]
     worker: str | None
+
+
+class Changes(NamedTuple):
+    """What :meth:`TaskMirror.changes` read: other workers' changed tasks.
+
+    Attributes:
+        tasks: the changed tasks' fields, as :meth:`TaskMirror.get` returns them.
+        position: pass it to the next call.
+        gap: some changes were missed (trimmed, or too many): reload instead.
+    """
+
+    tasks: list[dict[str, str]]
+    position: str
+    gap: bool
 
 
 class _Pending:
@@ -158,7 +186,7 @@ class TaskMirror:
             worker renews its lease before anyone is declared dead.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915  # the mirror's state: one attribute a line
         self,
         client: Client,
         *,
@@ -203,6 +231,15 @@ class TaskMirror:
         self._safety_ms = str(math.ceil(max(self._ttl, _SAFETY_TTL) * 1000))
         self._index_key = f"{{{prefix}}}:index"
         self._finished_key = f"{{{prefix}}}:finished"
+        # The index scripts' keys: created, finished, durations, one per final state.
+        self._indexes = [
+            self._index_key,
+            self._finished_key,
+            f"{{{prefix}}}:durations",
+            *(f"{{{prefix}}}:finished:{state}" for state in _FINAL_STATES),
+        ]
+        self._final_states = json.dumps(_FINAL_STATES)
+        self._feed_keys = [f"{{{prefix}}}:changes", f"{{{prefix}}}:watched"]
         self._workers_key = f"{prefix}:workers"
         self._task_head = f"{prefix}:task:{{"
         self._host, self._pid = socket.gethostname(), str(os.getpid())
@@ -217,13 +254,24 @@ class TaskMirror:
         self._active: dict[str, str] = {}
         # Tasks whose creating update was dropped: not mirrored at all.
         self._lost: set[str] = set()
+        # The full latest fields of each task written here and not yet final in
+        # Redis, so a record that Redis lost (a restart) is written whole again.
+        self._known: dict[str, tuple[str, dict[str, FieldValue]]] = {}
+        # This worker's active tasks per state, as the shared statistics see them.
+        self._counts: dict[str, int] = dict.fromkeys(_ACTIVE_STATES, 0)
+        self._counts_sent: dict[str, int] = {}
+        # Ids written since the last publish (None: too many, readers reload).
+        self._changed: set[str] | None = set()
+        self._watched = False
+        # The first ask waits a period too, so a short-lived worker never asks.
+        self._published_at = self._watch_checked_at = time.monotonic()
         self._rejected: set[str] = set()
         self._dropped = 0
         self._writes = 0
         self._wake = anyio.Event()
         self._woken = False
         self._flush_lock = anyio.Lock()
-        self._progress_flushed = 0.0
+        self._progress_flushed = time.monotonic()
         self._down = False
         self._contact_since: float | None = None
         self._server_clock: tuple[float, float] | None = None
@@ -298,6 +346,10 @@ class TaskMirror:
             gen = self._active.get(task_id)
             if gen is None:  # progress of a task never created here: nothing to add to
                 return
+            if not self._progress and not self._woken:
+                # The loop may be parked with nothing due: let it time this one.
+                self._woken = True
+                self._wake.set()
             self._progress[task_id] = _Pending(gen, False, dict(fields))
             self._bound()
             return
@@ -328,6 +380,11 @@ class TaskMirror:
             self._woken = True
             self._wake.set()
 
+    def _wake_writer(self) -> None:
+        if not self._woken:
+            self._woken = True
+            self._wake.set()
+
     def _bound(self) -> None:
         """Keep the waiting updates bounded: drop progress, unfinished, then old."""
         excess = len(self._dirty) + len(self._progress) - self._max_pending
@@ -350,6 +407,8 @@ class TaskMirror:
                 if entry is not None and entry.create and not entry.final:
                     self._lost.add(tid)  # its record never reached Redis
                     self._active.pop(tid, None)
+                elif entry is not None and entry.final:
+                    self._forget(tid)
                 dropped += 1
         if not self._dropped:
             logger.warning(
@@ -398,6 +457,10 @@ class TaskMirror:
                 scripts.INDEX_CREATED,
                 scripts.INDEX_FINISHED,
                 scripts.DELETE_FINISHED,
+                scripts.COUNT_TASKS,
+                scripts.PUBLISH_CHANGES,
+                scripts.READ_CHANGES,
+                scripts.SET_COUNTS,
             )
         ]
         if self._cluster:
@@ -463,6 +526,8 @@ class TaskMirror:
                 except BaseException:
                     self._restore(batch)
                     raise
+                if self._publish_due() <= 0:  # here too: busy, this loop never ends
+                    await self._publish()
 
     def _progress_due(self) -> bool:
         # Checked per batch: under steady load one flush call never returns.
@@ -504,6 +569,7 @@ class TaskMirror:
         active: list[str] = []
         finals: list[str] = []
         for tid, entry in batch.items():
+            self._learn(tid, entry)
             fields = entry.fields
             state = fields.get("state")
             row: list[str | int] = [
@@ -528,13 +594,20 @@ class TaskMirror:
             ([self._task_key(str(chunk[0][0]))] if self._cluster else [], chunk)
             for chunk in self._chunks(rows)
         ]
-        tasks_key = self._worker_keys(wid)[2]
+        worker_key, _, tasks_key, _, _ = self._worker_keys(wid)
+        counts = None if self._counts == self._counts_sent else dict(self._counts)
 
         async def send() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
                 # Listed as this worker's before the write, so a crash now is reaped.
                 if active:
                     pipe.sadd(tasks_key, active)
+                if counts is not None:
+                    pipe.evalsha(
+                        scripts.SET_COUNTS.sha,
+                        [worker_key],
+                        [x for k, v in counts.items() for x in (f"n:{k}", v)],
+                    )
                 replies = [
                     pipe.evalsha(
                         scripts.WRITE_TASKS.sha,
@@ -546,8 +619,8 @@ class TaskMirror:
                 if created:
                     pipe.evalsha(
                         scripts.INDEX_CREATED.sha,
-                        [self._index_key, self._finished_key],
-                        [json.dumps(created)],
+                        self._indexes,
+                        [self._final_states, json.dumps(created)],
                     )
                 if finals:
                     pipe.srem(tasks_key, finals)
@@ -555,15 +628,125 @@ class TaskMirror:
 
         results = await self._call(send)
         self._writes += len(ids)
-        accepted = self._sort_out([len(chunk) for _, chunk in calls], results, ids)
+        if counts is not None:
+            self._counts_sent = counts
+        accepted = self._sort_out(
+            [len(chunk) for _, chunk in calls], results, ids, batch
+        )
+        self._note_changed(accepted)
         done = [tid for tid in finals if tid in accepted]
         if done:
             await self._index_finished(
-                {tid: _ms(batch[tid].fields.get("finished")) for tid in done}
+                {tid: self._finish_of(tid, batch[tid]) for tid in done}
+            )
+            for tid in done:
+                self._forget(tid)
+
+    def _note_changed(self, ids: Iterable[str]) -> None:
+        changed = self._changed
+        if changed is not None:
+            changed.update(ids)
+            if len(changed) > _FEED_IDS:
+                self._changed = None  # too many for one entry: readers reload
+
+    def _publish_due(self) -> float:
+        """Seconds until the written ids should be published (inf: nothing to)."""
+        if self._changed is not None and not self._changed:
+            return math.inf
+        if self._watched:
+            return self._published_at + _PUBLISH_EVERY - time.monotonic()
+        return self._watch_checked_at + _WATCH_CHECK - time.monotonic()
+
+    async def _publish(self) -> None:
+        """Tell watching dashboards which tasks changed: one stream entry.
+
+        Unwatched, it only asks (once a second at most, and only after writes)
+        whether a dashboard started watching; the ids noted meanwhile go then.
+
+        Raises:
+            BackendUnavailableError: Redis failed; the ids stay noted.
+        """
+        changed = self._changed
+        ids = "*" if changed is None else json.dumps(sorted(changed))
+        args: list[str | int] = [_FEED_ENTRIES, _FEED_TTL_MS, self._wid, ids]
+
+        async def send() -> Any:
+            return await self._client.evalsha(
+                scripts.PUBLISH_CHANGES.sha, self._feed_keys, args
             )
 
+        watched = bool(await self._call(send))
+        now = time.monotonic()
+        self._published_at = self._watch_checked_at = now
+        self._watched = watched
+        if self._changed is changed:
+            self._changed = set()
+        elif changed is not None and self._changed is not None:
+            self._changed -= changed  # keep what was written during the call
+
+    def _learn(self, tid: str, entry: _Pending) -> None:
+        """Merge a write into the task's full fields; keep the counts per state."""
+        known = self._known.get(tid)
+        if known is None or known[0] != entry.gen:
+            if not entry.create:
+                return  # never created here (a reused id's stray write): no record
+            if known is not None:
+                self._count(known[1].get("state"), -1)
+            fields = dict(entry.fields)
+            self._known[tid] = (entry.gen, fields)
+            self._count(fields.get("state"), 1)
+            return
+        fields = known[1]
+        before = fields.get("state")
+        fields.update(entry.fields)
+        after = fields.get("state")
+        if after != before:
+            self._count(before, -1)
+            self._count(after, 1)
+
+    def _forget(self, tid: str) -> None:
+        known = self._known.pop(tid, None)
+        if known is not None:
+            self._count(known[1].get("state"), -1)
+
+    def _count(self, state: FieldValue, delta: int) -> None:
+        if state is not None and (name := str(state)) in self._counts:
+            self._counts[name] += delta
+
+    def _finish_of(self, tid: str, entry: _Pending) -> tuple[float, str, float]:
+        """Return a finished task's finished ms, state and run time (-1: none)."""
+        known = self._known.get(tid)
+        fields = entry.fields if known is None else known[1]
+        took = -1.0
+        with contextlib.suppress(TypeError, ValueError):
+            started, finished = fields.get("started"), fields.get("finished")
+            if started is not None and finished is not None:
+                took = max(0.0, float(finished) - float(started))
+        return _ms(fields.get("finished")), str(fields.get("state")), took
+
+    def _recreate(self, tid: str) -> bool:
+        """Queue a whole new record for a task Redis lost; False if not ours."""
+        known = self._known.get(tid)
+        if known is None:
+            return False
+        gen, fields = known
+        newer = self._dirty.get(tid) or self._progress.pop(tid, None)
+        if newer is not None and newer.gen != gen:
+            return False  # the id was submitted again meanwhile: that one wins
+        entry = _Pending(gen, True, dict(fields))
+        if newer is not None:
+            entry.fields.update(newer.fields)
+            entry.final = newer.final
+        entry.final = entry.final or tid not in self._active
+        self._dirty[tid] = entry
+        return True
+
     def _sort_out(
-        self, sizes: list[int], results: list[Any], ids: list[str]
+        self,
+        sizes: list[int],
+        results: list[Any],
+        ids: list[str],
+        batch: Mapping[str, _Pending],
     ) -> set[str]:
         """Return the ids whose write went through; note the others."""
         accepted = set(ids)
@@ -577,34 +760,45 @@ class TaskMirror:
                 accepted.discard(tid)
                 if code == 0:
                     self._rejected.add(tid)
+                    self._forget(tid)
                     logger.debug("bgtasks: task %s is final in Redis already", tid)
                 elif code == -1:
+                    self._forget(tid)  # so its later writes are not re-creates
                     logger.warning(
                         "bgtasks: task id %s is active on another worker; this "
                         "worker's task with that id is not mirrored",
                         tid,
                     )
+                elif self._recreate(tid):
+                    # Redis lost the record (it restarted empty): write it whole.
+                    logger.debug("bgtasks: task %s is written again", tid)
+                    self._wake_writer()
                 else:
+                    if batch[tid].final:
+                        self._forget(tid)
                     logger.debug("bgtasks: task %s expired from Redis", tid)
             offset += size
         if len(self._rejected) > self._max_pending:
             self._rejected.clear()  # nobody learned of a fence: keep memory bounded
         return accepted
 
-    async def _index_finished(self, finished: Mapping[str, float]) -> None:
-        """Index finished tasks, then trim the indexes by count and age."""
-        pairs: list[str | float] = []
-        for tid, ms in finished.items():
-            pairs += (tid, ms)
+    async def _index_finished(
+        self, finished: Mapping[str, tuple[float, str, float]]
+    ) -> None:
+        """Index finished tasks (ms, state, run time), then trim the indexes."""
+        items: list[str | float] = []
+        for tid, (ms, state, took) in finished.items():
+            items += (tid, ms, state, took)
         args: list[str | int] = [
+            self._final_states,
             self._max_finished,
             math.floor((time.time() - self._ttl) * 1000.0),
-            json.dumps(pairs),
+            json.dumps(items),
         ]
 
         async def send() -> Any:
             return await self._client.evalsha(
-                scripts.INDEX_FINISHED.sha, [self._index_key, self._finished_key], args
+                scripts.INDEX_FINISHED.sha, self._indexes, args
             )
 
         popped: list[str] = _array(await self._call(send))
@@ -659,16 +853,18 @@ class TaskMirror:
             if backoff:
                 await anyio.sleep(backoff)
             elif not self._dirty:
-                wait = math.inf
+                wait = self._publish_due()
                 if self._progress:
                     due = self._progress_flushed + self._progress_interval
-                    wait = due - time.monotonic()
+                    wait = min(wait, due - time.monotonic())
                 with anyio.move_on_after(wait):
                     await self._wake.wait()
             self._wake = anyio.Event()
             self._woken = False
             try:
                 await self._flush(progress=False)
+                if self._publish_due() <= 0:  # nothing to write, ids still to tell
+                    await self._publish()
             except BackendUnavailableError as exc:
                 self._failed(exc)
                 backoff = min(max(2 * backoff, 0.05), self._max_backoff)
@@ -724,6 +920,7 @@ class TaskMirror:
         """
         wid = self._wid
         worker, fenced, tasks, cancels, _ = self._worker_keys(wid)
+        counts = dict(self._counts)
         args: list[str | int] = [
             math.ceil(self._lease * 1000),
             self._safety_ms,
@@ -731,6 +928,8 @@ class TaskMirror:
             self._pid,
             self._started,
         ]
+        for state, count in counts.items():
+            args += (f"n:{state}", count)
 
         async def beat() -> list[Any]:
             reply = await self._client.evalsha(
@@ -744,6 +943,11 @@ class TaskMirror:
             return
         deadline, server_now = float(reply[0]), float(reply[1])
         self._server_clock = (server_now, time.monotonic())
+        self._counts_sent = counts
+        # Our registration is gone, so Redis lost its data (a restart without
+        # persistence): write every task still known here whole again.
+        if int(reply[2]) and sum(self._recreate(tid) for tid in list(self._known)):
+            self._wake_writer()
         if self._closed:
             return  # a beat that raced close(): stay unregistered
 
@@ -752,7 +956,7 @@ class TaskMirror:
 
         await self._call(register)
         self._reached()
-        for task_id in reply[2:]:
+        for task_id in reply[3:]:
             self._notify(self._on_cancel, str(task_id))
         await self._index_finished({})
         if self._fence_report:
@@ -864,7 +1068,9 @@ class TaskMirror:
         for keys, indexes in zip(calls, await self._call(interrupt), strict=True):
             interrupted += [ids[offset + int(i) - 1] for i in indexes]
             offset += len(keys)
-        await self._index_finished(dict.fromkeys(interrupted, _ms(finished)))
+        await self._index_finished(
+            dict.fromkeys(interrupted, (_ms(finished), "interrupted", -1.0))
+        )
 
         async def finish() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
@@ -906,6 +1112,9 @@ class TaskMirror:
                     type(exc.__cause__ or exc).__name__,
                 )
                 return
+            if self._watched:  # the drained tasks' ends, to watching dashboards
+                with contextlib.suppress(BackendUnavailableError):
+                    await self._publish()
             if self._active:
                 return
             worker, _, tasks, cancels, _ = self._worker_keys(self._wid)
@@ -977,11 +1186,93 @@ class TaskMirror:
 
         async def drop() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zrem(self._index_key, ids)
-                pipe.zrem(self._finished_key, ids)
+                for key in self._indexes:
+                    pipe.zrem(key, ids)
 
         with contextlib.suppress(BackendUnavailableError):  # the next reader does
             await self._call(drop)
+
+    async def stats(self) -> dict[str, Any]:
+        """Count every worker's tasks per state; time the finished ones' runs.
+
+        Returns ``{"counts": {state: n}, "p50": s | None, "p95": s | None}``
+        over what Redis keeps: the finished tasks of every worker (bounded
+        by ``max_finished`` and ``finished_ttl``) and the active tasks of
+        every registered worker, as each last wrote them. Three round trips
+        at most, whatever the history's size.
+
+        Raises:
+            BackendUnavailableError: Redis failed.
+        """
+
+        async def finished() -> tuple[list[Any], list[str]]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                counted = pipe.evalsha(scripts.COUNT_TASKS.sha, self._indexes[2:], [])
+                workers = pipe.zrange(self._workers_key, 0, _MAX_WORKERS - 1)
+            return _array(await counted), [str(w) for w in await workers]
+
+        reply, workers = await self._call(finished)
+        names = [f"n:{state}" for state in _ACTIVE_STATES]
+
+        async def active() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                replies = [
+                    pipe.hmget(self._worker_keys(wid)[0], names) for wid in workers
+                ]
+            return [await reply for reply in replies]
+
+        counts: dict[str, int] = dict.fromkeys(_ACTIVE_STATES, 0)
+        for row in await self._call(active) if workers else []:
+            for state, value in zip(_ACTIVE_STATES, row, strict=True):
+                if isinstance(value, str) and value.isdigit():
+                    counts[state] += int(value)
+        for state, value in zip(_FINAL_STATES, reply, strict=False):
+            counts[state] = int(value)
+        durations = reply[len(_FINAL_STATES) + 1 :]
+        return {
+            "counts": counts,
+            "p50": float(durations[0]) if durations else None,
+            "p95": float(durations[1]) if durations else None,
+        }
+
+    async def changes(self, after: str | None, limit: int = 1000) -> Changes:
+        """Read which tasks other workers wrote since ``after``, and those tasks.
+
+        Call it from ``after=None`` (which only marks the position: from now
+        on), then with the returned ``position``. Each call also marks the
+        feed watched for a few seconds, which is what makes workers publish.
+        More than ``limit`` changed tasks, or entries trimmed unread, come
+        back as a ``gap`` with no tasks.
+
+        Raises:
+            BackendUnavailableError: Redis failed.
+        """
+        args: list[str | int] = [_WATCH_MS, _FEED_ENTRIES, after or "", _FEED_ENTRIES]
+
+        async def read() -> list[Any]:
+            reply = await self._client.evalsha(
+                scripts.READ_CHANGES.sha, self._feed_keys, args
+            )
+            return _array(reply)
+
+        reply = await self._call(read)
+        position, gap = str(reply[0]), bool(int(reply[1]))
+        ids: dict[str, None] = {}
+        for i in range(2, len(reply) - 1, 2):
+            if reply[i] == self._wid:
+                continue  # this worker's own changes reach its dashboard directly
+            try:
+                found = json.loads(reply[i + 1])
+            except ValueError:
+                found = None
+            if not isinstance(found, list):
+                gap = True
+                continue
+            ids.update((str(tid), None) for tid in found)  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+        if gap or len(ids) > limit:
+            return Changes([], position, True)
+        rows = [row for row in await self._read_many(list(ids)) if row] if ids else []
+        return Changes(rows, position, False)
 
     async def request_cancel(self, task_id: str) -> CancelRequest:
         """Ask the worker running ``task_id`` to cancel it, wherever it runs.

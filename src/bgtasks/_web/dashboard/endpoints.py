@@ -102,9 +102,14 @@ class Dashboard:
         data.pop("result", None)
         return data
 
-    def stats_body(self) -> dict[str, Any]:
-        """Render counts per state (every state there is), rate and durations."""
-        stats: Stats = self.source.stats()
+    async def stats_body(self) -> dict[str, Any]:
+        """Render counts per state (every state there is), rate and durations.
+
+        ``scope`` says whose tasks they count: ``"all"`` (every worker, from
+        the shared backend) or ``"worker"`` (this process's own records);
+        ``degraded`` is true when the backend could not count.
+        """
+        stats: Stats = await self.source.astats()
         return {
             "states": [
                 {"value": state.value, "finished": state.is_finished}
@@ -116,6 +121,8 @@ class Dashboard:
             "duration_p50": stats.duration_p50,
             "duration_p95": stats.duration_p95,
             "live": self.source.running,
+            "scope": stats.scope,
+            "degraded": stats.degraded,
         }
 
     # -- the page and its files ------------------------------------------
@@ -175,7 +182,7 @@ class Dashboard:
 
     async def stats(self, request: Request) -> Response:
         """Answer the statistics shown above the table."""
-        return _json(self.stats_body())
+        return _json(await self.stats_body())
 
     async def cancel(self, request: Request, task_id: str) -> Response:
         """POST only, with the action header, from the same origin: CSRF-proof."""

@@ -6,7 +6,11 @@ task's latest snapshot in a dict (so a task that changes ten times in a window
 is sent once). Every ``TICK`` seconds one of the streams cuts the window into
 a batch, encodes it once, and every stream sends those same bytes: ten pages
 cost about what one does. Progress is not an event, so running tasks are
-re-read every ``POLL`` seconds and the changed ones join the batch.
+re-read every ``POLL`` seconds and the changed ones join the batch. With a
+shared backend that offers it, the other workers' changed tasks are read at
+the same pace (one bounded read, while a page listens: none otherwise) and
+join the batch too; while the backend cannot answer, that read pauses for
+``REMOTE_RETRY`` seconds and the local changes flow on.
 
 Memory stays bounded: the feed keeps only the last ``RING`` batches; a stream
 that falls further behind (a slow client) is told to ``resync`` (reload its
@@ -18,7 +22,9 @@ reconnects at once), or when one send is stuck for ``SEND_TIMEOUT``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,6 +34,7 @@ import anyio
 from starlette.responses import Response
 
 from ..._manager.records import TaskInfo
+from ...exceptions import BackendUnavailableError
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
@@ -45,8 +52,11 @@ SEND_TIMEOUT = 10.0  # a client that takes longer to accept one chunk is dropped
 RING = 8  # batches kept for streams that are behind
 MAX_BATCH = 1000  # tasks per batch; beyond, pages reload instead
 RECONNECT_MS = 1000  # what EventSource waits before it reconnects
+REMOTE_TIMEOUT = 0.5  # a read of other workers' changes may hold a batch this long
+REMOTE_RETRY = 2.0  # then, after a failed read, the next waits this long
 
 _Render = Callable[[TaskInfo], dict[str, Any]]
+_Stats = Callable[[], Awaitable[dict[str, Any]]]
 _Send = Callable[[bytes], Awaitable[None]]
 
 
@@ -64,12 +74,13 @@ class ChangeFeed:
         self,
         source: TaskSource,
         render: _Render,
-        stats: Callable[[], dict[str, Any]],
+        stats: _Stats,
     ) -> None:
         # Read at construction, so tests can shorten them module-wide.
         self.tick, self.poll, self.lifetime = TICK, POLL, LIFETIME
         self.send_timeout, self.ring, self.max_batch = SEND_TIMEOUT, RING, MAX_BATCH
         self.stats_every, self.heartbeat = STATS_EVERY, HEARTBEAT
+        self.remote_timeout, self.remote_retry = REMOTE_TIMEOUT, REMOTE_RETRY
         self._source = source
         self._render = render
         self._stats = stats
@@ -85,6 +96,10 @@ class ChangeFeed:
         self._cut_at = self._polled_at = self._stats_at = 0.0
         self._seen: dict[str, tuple[object, ...]] = {}
         self._wake: anyio.Event | None = None
+        self._cutting = False
+        # Where this feed is in the backend's change feed (None: not yet read).
+        self._remote: str | None = None
+        self._remote_paused_until = -math.inf
 
     @property
     def streams(self) -> int:
@@ -133,17 +148,61 @@ class ChangeFeed:
                 if queued is None or not queued.state.is_finished:
                     pending[info.id] = info
 
-    def _cut(self, now: float) -> None:
-        """Turn the window's changes into one encoded batch, if it is over."""
-        if now - self._cut_at < self.tick:
+    async def _pull_remote(self, now: float) -> bool:
+        """Add the tasks other workers changed; True if pages should reload."""
+        if now < self._remote_paused_until or not self._source.shared:
+            return False
+        found, failed = None, True
+        with (
+            anyio.move_on_after(self.remote_timeout),
+            contextlib.suppress(BackendUnavailableError),
+        ):
+            found, failed = await self._source.changes(self._remote), False
+        if failed:  # down or slow: let the local changes flow meanwhile
+            self._remote_paused_until = now + self.remote_retry
+            return False
+        if found is None:
+            return False
+        first, self._remote = self._remote is None, found.position
+        if first or found.resync:
+            return not first  # the first read only marks where this feed starts
+        with self._lock:
+            pending = self._pending
+            for info in found.tasks:
+                queued = pending.get(info.id)
+                if queued is None or not queued.state.is_finished:
+                    pending[info.id] = info
+        return False
+
+    async def _cut(self, now: float) -> None:
+        """Turn the window's changes into one encoded batch, if it is over.
+
+        One stream cuts at a time; the others are woken by its batch. The
+        awaits (other workers' changes, the statistics) come before the
+        window is taken, so batches leave in the order their changes came.
+        """
+        if now - self._cut_at < self.tick or self._cutting:
             return
         self._cut_at = now
+        self._cutting = True
+        try:
+            await self._cut_window(now)
+        finally:
+            self._cutting = False
+
+    async def _cut_window(self, now: float) -> None:
+        reload = False
         if now - self._polled_at >= self.poll:
             self._polled_at = now
             self._poll_progress()
+            reload = await self._pull_remote(now)
+        stats = b""
+        if (self._pending or reload) and now - self._stats_at >= self.stats_every:
+            self._stats_at = now
+            stats = _event("stats", await self._stats())
         with self._lock:
             pending, self._pending = self._pending, {}
-        chunk = b""
+        chunk = _event("resync", {}) if reload else b""
         if pending:
             infos = list(pending.values())
             resync = len(infos) > self.max_batch
@@ -151,12 +210,10 @@ class ChangeFeed:
                 infos.sort(key=lambda info: info.created_at, reverse=True)
                 del infos[self.max_batch :]
             tasks = [self._render(info) for info in infos]
-            chunk = _event("tasks", {"tasks": tasks, "resync": resync})
-        if chunk and now - self._stats_at >= self.stats_every:
-            self._stats_at = now
-            chunk += _event("stats", self._stats())
+            chunk += _event("tasks", {"tasks": tasks, "resync": resync})
         if not chunk:
             return
+        chunk += stats
         self._seq += 1
         self._batches.append((self._seq, chunk))
         wake, self._wake = self._wake, anyio.Event()
@@ -191,7 +248,7 @@ class ChangeFeed:
                 with anyio.move_on_after(self.tick):
                     await wake.wait()
                 now = anyio.current_time()
-                self._cut(now)
+                await self._cut(now)
                 chunk, seq = self._since(seq)
                 if not chunk and now - quiet_since >= self.heartbeat:
                     chunk = b": keep-alive\n\n"

@@ -2,10 +2,12 @@
 
 The page, its JSON and its live feed go through :class:`TaskSource` only, and it
 uses only the public ``TaskManager`` API (``alist``, ``aget``, ``cancel``,
-``list``, ``subscribe``, ``running``). Pages, single tasks and cancels use the
-async reads, so with a shared backend they cover every worker (and raise
-``BackendUnavailableError`` when it is down); the statistics and the live
-feed are this process's own, from memory.
+``list``, ``subscribe``, ``running``, ``backend``). Pages, single tasks and
+cancels use the async reads, so with a shared backend they cover every worker
+(and raise ``BackendUnavailableError`` when it is down). With a backend that
+offers them (``ObservableBackend``), the statistics and the other workers'
+changes come from it too; the statistics fall back to this process's own
+records while it cannot answer.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import enum
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from ..._manager.backend import ObservableBackend, SharedChanges
 from ..._manager.records import TaskInfo, TaskState
+from ...exceptions import BackendUnavailableError
 
 if TYPE_CHECKING:
     from ..._manager import TaskManager
@@ -27,6 +31,9 @@ __all__ = ["CancelOutcome", "Page", "Stats", "TaskSource"]
 
 # Statistics scan the whole retained history: several open pages share one scan.
 STATS_TTL = 1.0
+# After the backend failed to count, this worker's own counts serve this long,
+# so a stalled Redis costs one slow read per period, not one per page load.
+STATS_RETRY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,10 @@ class Stats:
     success_rate: float | None
     duration_p50: float | None
     duration_p95: float | None
+    # "all": every worker's (the backend's); "worker": this process's records.
+    scope: str = "worker"
+    # True when the backend could not count, so this worker's counts stand in.
+    degraded: bool = False
 
 
 class CancelOutcome(enum.Enum):
@@ -74,7 +85,15 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
 class TaskSource:
     """The dashboard's view of one ``TaskManager``."""
 
-    __slots__ = ("_clock", "_manager", "_stats", "_stats_at")
+    __slots__ = (
+        "_clock",
+        "_failed_at",
+        "_manager",
+        "_shared",
+        "_shared_at",
+        "_stats",
+        "_stats_at",
+    )
 
     def __init__(
         self, manager: TaskManager, *, clock: Callable[[], float] = time.monotonic
@@ -83,6 +102,8 @@ class TaskSource:
         self._clock = clock
         self._stats: Stats | None = None
         self._stats_at = -math.inf
+        self._shared: Stats | None = None
+        self._shared_at = self._failed_at = -math.inf
 
     @property
     def running(self) -> bool:
@@ -165,6 +186,60 @@ class TaskSource:
         )
         self._stats_at = now
         return self._stats
+
+    def _observable(self) -> ObservableBackend | None:
+        backend: object = self._manager.backend
+        if self._manager.running and isinstance(backend, ObservableBackend):
+            return backend
+        return None
+
+    @property
+    def shared(self) -> bool:
+        """True if other workers' changes can be read (:meth:`changes`)."""
+        return self._observable() is not None
+
+    async def astats(self) -> Stats:
+        """Return :meth:`stats` over every worker when the backend can count.
+
+        Falls back to this worker's own statistics (``degraded``) while the
+        backend cannot answer, and asks it again after ``STATS_RETRY``.
+        """
+        backend = self._observable()
+        now = self._clock()
+        if backend is None:
+            return self.stats()
+        if now - self._failed_at < STATS_RETRY:
+            return replace(self.stats(), degraded=True)
+        if self._shared is not None and now - self._shared_at < STATS_TTL:
+            return self._shared
+        try:
+            found = await backend.stats()
+        except (BackendUnavailableError, RuntimeError):  # down, or just stopped
+            self._failed_at = self._clock()
+            return replace(self.stats(), degraded=True)
+        self._shared = Stats(
+            counts=found.counts,
+            success_rate=found.success_rate,
+            duration_p50=found.duration_p50,
+            duration_p95=found.duration_p95,
+            scope="all",
+        )
+        self._shared_at = now
+        return self._shared
+
+    async def changes(self, after: str | None) -> SharedChanges | None:
+        """Return other workers' changed tasks since ``after``; None without them.
+
+        Raises:
+            BackendUnavailableError: the backend cannot answer.
+        """
+        backend = self._observable()
+        if backend is None:
+            return None
+        try:
+            return await backend.changes(after)
+        except RuntimeError:  # the manager stopped meanwhile: no more changes
+            return None
 
     async def get(self, task_id: str) -> TaskInfo | None:
         """Return the task's snapshot, or None for an unknown (or dropped) id."""

@@ -122,6 +122,13 @@
     $("p50").textContent = seconds(stats.duration_p50);
     $("p95").textContent = seconds(stats.duration_p95);
     $("total").textContent = String(stats.total);
+    // Whose tasks: every worker's (shared backend) or this worker's alone.
+    const scope = $("scope");
+    scope.textContent = stats.scope === "all" ? "all workers" : "this process";
+    scope.title = stats.degraded
+      ? "The shared task state backend is unreachable: these counts are this worker's own."
+      : "";
+    scope.classList.toggle("degraded", Boolean(stats.degraded));
   }
 
   // -- the table ----------------------------------------------------------
