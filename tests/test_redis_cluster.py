@@ -150,6 +150,31 @@ async def test_the_backend_shares_tasks_across_a_cluster(
         assert seen.state is TaskState.CANCELLED
         finished = await b.alist(state=TaskState.SUCCEEDED, limit=100)
         assert {h.id for h in handles} <= {info.id for info in finished}
+        # The dashboard's view over every worker: counts and run times.
+        backend = b.backend
+        assert isinstance(backend, RedisBackend)
+        stats = await backend.stats()
+        assert stats.counts[TaskState.SUCCEEDED] == 20
+        assert stats.counts[TaskState.CANCELLED] == 1
+        assert stats.duration_p50 is not None
+
+
+async def test_the_change_feed_works_on_a_cluster(redis_cluster: RedisCluster) -> None:
+    """B's dashboard feed reads the tasks A wrote while B watches."""
+    async with _workers(redis_cluster) as (a, b):
+        backend = b.backend
+        assert isinstance(backend, RedisBackend)
+        start = await backend.changes(None)  # B watches from now on
+        handle = a.spawn(anyio.sleep, 0)
+        await handle.wait(timeout=5)
+        seen: set[str] = set()
+        position = start.position
+        with anyio.fail_after(10):
+            while handle.id not in seen:
+                found = await backend.changes(position)
+                position = found.position
+                seen.update(info.id for info in found.tasks)
+                await anyio.sleep(0.05)
 
 
 async def test_a_lost_worker_is_reaped_on_a_cluster(
