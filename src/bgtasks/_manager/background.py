@@ -38,16 +38,15 @@ class TrackedTask(BackgroundTask):
 
     is_async = True
 
-    def __init__(
-        self, engine: Engine, record: TaskRecord, func: Callable[..., Any]
-    ) -> None:
+    def __init__(self, engine: Engine, record: TaskRecord, func: Any) -> None:
         # Not BackgroundTask.__init__: it would inspect the function's kind
         # again, which add_task knows already (a third of plain add_task's cost).
         self.engine = engine
         self.record = record
         self.func = func
-        self.args = ()
-        self.kwargs = {}
+        # Typed by Starlette as the function's P.args / P.kwargs; empty here.
+        self.args = ()  # type: ignore[assignment]
+        self.kwargs = {}  # type: ignore[assignment]
 
     async def __call__(self) -> None:
         await self.engine.run_external(self.record)
@@ -72,8 +71,7 @@ def add_tracked(
     func: Callable[..., Any],
 ) -> None:
     """Add ``record``'s task to ``background_tasks``, after their other tasks."""
-    named = cast("Callable[..., Any]", unwrap_partial(func))
-    task = TrackedTask(engine, record, named)
+    task = TrackedTask(engine, record, unwrap_partial(func))
     kind = type(background_tasks)
     direct = _direct.get(kind)
     if direct is None:
@@ -96,10 +94,11 @@ def unsent(background_tasks: BackgroundTasks) -> list[TaskRecord]:
     """Return the records of the ``add_task`` tasks in ``background_tasks``."""
     found: list[TaskRecord] = []
     for task in background_tasks.tasks:
+        func = cast("object", task.func)
         if isinstance(task, TrackedTask):
             found.append(task.record)
-        elif isinstance(task.func, TrackedTask):  # added through a subclass
-            found.append(task.func.record)
+        elif isinstance(func, TrackedTask):  # added through a subclass's add_task
+            found.append(func.record)
     return found
 
 

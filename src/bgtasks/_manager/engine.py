@@ -338,8 +338,8 @@ class Engine:
     async def run_external(self, record: TaskRecord) -> None:
         """Run an ``add_task`` record in Starlette's request task."""
         context = record.run
-        if not isinstance(context, Context) or not await self._acquire_external_slot(
-            record
+        if not isinstance(context, Context) or (
+            self.slots is not None and not await self._acquire_external_slot(record)
         ):
             return  # cancelled, or the manager closed, before Starlette ran it
         try:
@@ -359,8 +359,7 @@ class Engine:
         Returns True if the slot is held and the task should run.
         """
         slots = self.slots
-        if slots is None:
-            return True
+        assert slots is not None  # the caller checks
         with self.lock:  # the caller saw it PENDING, with no await since
             if slots.take():
                 return True
