@@ -31,6 +31,7 @@ SUITES: dict[str, str] = {
     "retry": "retry_bench",
     "decorators": "decorators_bench",
     "manager": "manager_bench",
+    "load": "load_bench",
     "backend": "backend_bench",
     "memory": "memory_bench",
     "dashboard": "dashboard_bench",

@@ -39,6 +39,7 @@ from .._context import running_task_var
 from .._wrap import unwrap_partial
 from ..exceptions import ManagerNotRunningError
 from .backend import MirrorLink, TaskBackend, final_fields
+from .background import in_context
 from .events import Subscribers, TaskEvent
 from .records import (
     RESPONSE_NOT_SENT,
@@ -334,39 +335,28 @@ class Engine:
     # -- add_task: tracked tasks that Starlette's BackgroundTasks runs -------
     #
     # Such a task runs in the request's own task, after the response, not in
-    # the task group: the wrapper handed to Starlette waits for a concurrency
-    # slot, then runs the function in a child task of its own.
+    # the task group: the task handed to Starlette waits for a concurrency
+    # slot, then runs the function in the context captured by add_task.
 
     async def run_external(self, record: TaskRecord) -> None:
         """Run an ``add_task`` record in Starlette's request task."""
         context = record.run
-        if not isinstance(context, Context) or not await self._acquire_external_slot(
-            record
+        if not isinstance(context, Context) or (
+            self.slots is not None and not await self._acquire_external_slot(record)
         ):
             return  # cancelled, or the manager closed, before Starlette ran it
         if _observe.hook is not None:
             _observe.hook.external_run(context)
-        failure: list[Exception] = []
         try:
-            # A child task, so the function runs in the context captured by
-            # add_task and its own context changes stay out of the request's.
-            async with anyio.create_task_group() as tg:
-                if self._use_task_handles:
-                    handle = tg.create_task(
-                        self._execute_into(record, failure),
-                        name=record.name,
-                        context=context,
-                    )
-                    if (
-                        record.finished is None
-                    ):  # pragma: no branch - ended by an eager start
-                        record.run = handle
-                else:
-                    context.run(tg.start_soon, self._execute_into, record, failure)
+            # Stepped in that context, so the function sees it and its own
+            # changes stay out of the request's; its cancel scope is what
+            # cancel() and shutdown cancel.
+            failure = await in_context(context, self._execute_in_scope(record))
         finally:
-            self._release_slot()
-        if failure and self._propagate_errors:
-            raise failure[0]
+            if self.slots is not None:
+                self._release_slot()
+        if failure is not None and self._propagate_errors:
+            raise failure
 
     async def _acquire_external_slot(self, record: TaskRecord) -> bool:
         """Wait, in FIFO order, for a slot for an ``add_task`` record.
@@ -374,8 +364,7 @@ class Engine:
         Returns True if the slot is held and the task should run.
         """
         slots = self.slots
-        if slots is None:
-            return True
+        assert slots is not None  # the caller checks
         with self.lock:  # the caller saw it PENDING, with no await since
             if slots.take():
                 return True
@@ -383,6 +372,9 @@ class Engine:
             slots.enqueue(record, waiter)
         try:
             await waiter.event.wait()
+            # Yield once more, as starting a child task did: a cancel() in the
+            # loop turn of the grant still finds the task PENDING.
+            await anyio.lowlevel.checkpoint()
         except BaseException:
             # The request's task was cancelled while it waited: never runs.
             with self.lock:
@@ -396,11 +388,6 @@ class Engine:
             return False
         return waiter.granted
 
-    async def _execute_into(self, record: TaskRecord, failure: list[Exception]) -> None:
-        error = await self._execute_scoped(record)
-        if error is not None:
-            failure.append(error)
-
     # -- execution ----------------------------------------------------------
 
     async def _run_spawned(self, record: TaskRecord) -> None:
@@ -412,13 +399,14 @@ class Engine:
     async def _execute_scoped(self, record: TaskRecord) -> Exception | None:
         if self._use_task_handles:
             return await self._execute(record)
+        return await self._execute_in_scope(record)
+
+    async def _execute_in_scope(self, record: TaskRecord) -> Exception | None:
+        """Run a record in a cancel scope of its own, its cancel switch."""
         scope = anyio.CancelScope()
         try:
             with scope:  # swallows its own cancellation
-                with self.lock:
-                    if record.state is _PENDING:  # not cancelled meanwhile
-                        record.run = scope
-                return await self._execute(record)
+                return await self._execute(record, scope)
         except anyio.get_cancelled_exc_class():
             # anyio < 4.14 on asyncio: a worker thread's check_cancelled() raises
             # a CancelledError our scope does not take for its own; it is ours.
@@ -427,9 +415,12 @@ class Engine:
             await anyio.lowlevel.checkpoint_if_cancelled()  # an outer cancel goes on
         return None
 
-    async def _execute(self, record: TaskRecord) -> Exception | None:  # noqa: PLR0912, PLR0915 - the hot path, kept in one frame for speed
+    async def _execute(  # noqa: PLR0912, PLR0915 - the hot path, kept in one frame for speed
+        self, record: TaskRecord, switch: Cancellable | None = None
+    ) -> Exception | None:
         """Run a PENDING record's call to a terminal state; return its exception.
 
+        ``switch``: what cancels the record from now on, if not set yet.
         Cancellation (and other BaseExceptions) is recorded, then re-raised.
         """
         subscribers = self.subscribers
@@ -439,6 +430,8 @@ class Engine:
         try:
             if record.state is not _PENDING:
                 return None  # cancelled before it started: never runs
+            if switch is not None:  # under the lock: what cancel() looks at
+                record.run = switch
             created = record.snapshot() if subscribers.async_ else None
             record.state = _RUNNING
             record.started = started

@@ -16,7 +16,7 @@ from typing_extensions import ParamSpec, Self
 from .._validate import check_int, to_seconds
 from ..exceptions import TaskNotFoundError
 from .backend import TaskBackend
-from .background import tracked_wrapper
+from .background import add_tracked
 from .current import TaskContext, current_task
 from .engine import Engine
 from .events import Subscriber
@@ -316,9 +316,12 @@ class TaskManager:
         engine = self._engine
         task_id = kwargs.pop("_task_id", None) if kwargs else None
         record = engine.new_record(func, args, kwargs, task_id, "add_task")
-        record.run = capture(engine.library)
+        # From a worker thread (a sync endpoint), the context needs the loop's
+        # async library set again; on the loop it has it already.
+        on_loop = threading.get_ident() == engine.loop_thread
+        record.run = capture(None if on_loop else engine.library)
         engine.register(record, spawned=False)
-        background_tasks.add_task(tracked_wrapper(engine.run_external, record, func))
+        add_tracked(background_tasks, engine, record, func)
         return TaskHandle(record)
 
     @overload
