@@ -622,28 +622,27 @@ def _app(manager: TaskManager, plain: Any, otel: Telemetry) -> FastAPI:
 def test_add_task_has_one_span_with_fastapi_instrumented(
     fastapi_otel: Telemetry, backend: Backend
 ) -> None:
-    """FastAPI's BackgroundTask span is the task's span: one span per task."""
+    """One span per tracked task, bgtasks' own, linked to its request's span."""
     manager = TaskManager()
     with TestClient(_app(manager, ok, fastapi_otel), backend=backend) as client:
         ids = [client.post(path).json()["id"] for path in ("/tracked", "/tracked-sync")]
     spans = fastapi_otel.finished()
     assert not [s for s in spans if s.name.startswith("BackgroundTask")]
     mine = task_spans(fastapi_otel)
-    # FastAPI's own span, taken over (renamed, with the task's attributes).
     assert {s.instrumentation_scope.name for s in mine if s.instrumentation_scope} == {
-        "opentelemetry.instrumentation.fastapi"
+        "bgtasks"
     }
     assert sorted(str((s.attributes or {})["bgtasks.task.id"]) for s in mine) == sorted(
         ids
     )
     servers = [s for s in spans if s.kind is SpanKind.SERVER]
     assert len(servers) == 2
+    server_traces = {s.context.trace_id for s in servers if s.context is not None}
     for span in mine:
-        # Starlette runs it before the request's span ends: a child of it.
-        assert span.parent is not None
-        assert span.parent.span_id in {
-            s.context.span_id for s in servers if s.context is not None
-        }
+        # A trace of its own, linked to the request that added it.
+        assert span.parent is None
+        (link,) = span.links
+        assert link.context.trace_id in server_traces
         assert (span.attributes or {})["bgtasks.task.outcome"] == "succeeded"
 
 

@@ -2,10 +2,11 @@
 
 Spans come from the manager, one per task run: a new trace root linked to the
 span that was current when the task was submitted (a request's span is often
-over by the time its task runs, and a child must not outlive its parent). An
-``add_task`` task that Starlette runs inside the span FastAPI's instrumentation
-makes per ``BackgroundTask`` takes that span over instead, so there is one span
-per task. The decorators only add events to whatever span is current, so they
+over by the time its task runs, and a child must not outlive its parent).
+FastAPI's instrumentation makes a span per plain ``BackgroundTask``; bgtasks'
+own ``TrackedTask`` runs itself, so it gets none. Only when a
+``BackgroundTasks`` subclass nests the task in a plain ``BackgroundTask`` does
+FastAPI's span appear, and the task takes that span over: one span per task. The decorators only add events to whatever span is current, so they
 work on a manager's task span, on FastAPI's, or on one of the caller's.
 """
 
@@ -217,7 +218,13 @@ class OtelObserver:
         if not _fastapi_wraps_background_tasks():
             return
         span = trace.get_current_span()
-        if span.is_recording():
+        # Only FastAPI's own span around this very task: bgtasks' TrackedTask
+        # runs itself, so FastAPI wraps it only when a BackgroundTasks subclass
+        # with its own add_task nested it in a plain BackgroundTask. The span
+        # current otherwise (the request's) is never taken over.
+        if span.is_recording() and getattr(span, "name", "").startswith(
+            "BackgroundTask "
+        ):
             context.run(_outer_span.set, span)
 
     def task_started(self, record: TaskRecord) -> None:
