@@ -144,7 +144,7 @@ def stop_if_due(seen_at: str) -> None:
         # Outside an anyio worker thread there is no host task to ask.
         with contextlib.suppress(RuntimeError):
             anyio.from_thread.check_cancelled()
-    elif in_worker_thread():
+    elif "current_token" in _anyio_threadlocals.__dict__:  # in_worker_thread()
         anyio.from_thread.check_cancelled()
 
 
