@@ -21,7 +21,7 @@ import anyio.from_thread
 from typing_extensions import ParamSpec
 
 from ._backoff import exponential
-from ._deadline import in_worker_thread, remaining, stop_if_due
+from ._deadline import in_worker_thread, may_stop, remaining, stop_if_due
 from ._retry_policy import RetryEvent, RetryPolicy, RetryRun
 from ._wrap import callable_name, is_async_callable, wrap_same_kind
 
@@ -231,11 +231,13 @@ def _retry_sync(
     """Run attempts 2..N of a sync call whose first attempt failed."""
     clock = _sync_clock
     hooked = run.policy.on_retry is not None
+    stoppable = may_stop()  # else a zero wait has nothing to check
     try:
         while (delay := run.next_retry(clock())) is not None:
             if hooked:
                 _discard(run, run.call_hook())
-            _wait_sync(run, delay)
+            if delay > 0 or stoppable:
+                _wait_sync(run, delay)
             run.next_attempt()
             try:
                 result = func(*args, **kwargs)

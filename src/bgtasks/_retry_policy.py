@@ -63,6 +63,7 @@ class RetryPolicy:
         "attempts",
         "backoff",
         "catch",
+        "constant",
         "deadline",
         "logger",
         "on_retry",
@@ -86,6 +87,12 @@ class RetryPolicy:
         self.catch = catch
         self.predicate = predicate
         self.backoff = backoff
+        # A fixed delay needs no call per retry.
+        self.constant = (
+            backoff._constant()  # pyright: ignore[reportPrivateUsage]
+            if isinstance(backoff, Backoff)
+            else None
+        )
         self.deadline = deadline
         self.retry_if = retry_if
         self.on_retry = on_retry
@@ -292,7 +299,9 @@ class RetryRun:
             return None
         strategy = policy.backoff
         recorder = self.recorder
-        if isinstance(strategy, Backoff):
+        if policy.constant is not None:
+            delay = policy.constant
+        elif isinstance(strategy, Backoff):
             jitter = recorder is None or recorder.jitter
             # Backoff's private protocol: built-ins get this call's previous delay.
             delay = strategy._next_delay(  # pyright: ignore[reportPrivateUsage]
