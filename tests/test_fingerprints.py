@@ -138,7 +138,7 @@ class AsyncOnlyStore:
         """Forget in the inner store."""
         await self.inner.forget(key)
 
-    async def wait(self, key: str, *, timeout: float) -> None:  # noqa: ASYNC109 - the protocol's bound
+    async def wait(self, key: str, *, timeout: float) -> None:
         """Wait on the inner store."""
         await self.inner.wait(key, timeout=timeout)
 
