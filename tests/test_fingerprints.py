@@ -29,8 +29,9 @@ def pair(a: object, b: object = 0) -> None:
 IN_PROCESS = make_fingerprint(pair, None, "pair", in_process=True)
 STABLE = make_fingerprint(pair, None, "pair")
 
-atomic = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
-atomic |= st.binary()
+atomic: st.SearchStrategy[object] = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary()
+)
 values = st.recursive(atomic, lambda inner: st.tuples(inner, inner), max_leaves=6)
 
 

@@ -12,7 +12,7 @@ import inspect
 import re
 import string
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["KeyFunction", "make_fingerprint", "make_key"]
 
@@ -316,11 +316,13 @@ _ATOMIC = frozenset({str, int, float, bool, type(None), bytes})
 _INLINE_LIMIT = 128
 
 
-def _atomic(values: tuple[Any, ...]) -> bool:
+def _atomic(values: tuple[object, ...]) -> bool:
     """Tell whether every value is of an ``_ATOMIC`` type or a tuple of them."""
     for value in values:
         kind = type(value)
-        if kind not in _ATOMIC and not (kind is tuple and _atomic(value)):
+        if kind not in _ATOMIC and not (
+            kind is tuple and _atomic(cast("tuple[object, ...]", value))
+        ):
             return False
     return True
 
