@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 from typing_extensions import ParamSpec
 
 from ._backoff import exponential
@@ -233,7 +234,7 @@ def _retry_sync(
     hooked = run.policy.on_retry is not None
     stoppable = may_stop()  # else a zero wait has nothing to check
     try:
-        while (delay := run.next_retry(clock())) is not None:
+        while (delay := run.next_retry(clock)) is not None:
             if hooked:
                 _discard(run, run.call_hook())
             if delay > 0 or stoppable:
@@ -262,11 +263,13 @@ async def _retry_async(
     clock = _async_clock
     hooked = run.policy.on_retry is not None
     try:
-        while (delay := run.next_retry(clock())) is not None:
+        while (delay := run.next_retry(clock)) is not None:
             if hooked:
                 await _await_hook(run, run.call_hook())
-            # Even a skipped wait is a cancellation point, as a real one would be.
-            await _async_sleep(delay)
+            if delay > 0:
+                await _async_sleep(delay)
+            else:  # a skipped wait is a cancellation point, as a real one would be
+                await anyio.lowlevel.checkpoint_if_cancelled()
             run.next_attempt()
             try:
                 result = await func(*args, **kwargs)

@@ -230,6 +230,7 @@ class RetryRun:
         "start",
         "started",
         "task",
+        "timed",
         "token",
     )
 
@@ -260,6 +261,13 @@ class RetryRun:
         self.task = running_task_var.get()
         # Read once too: a silenced logger costs no message, no extra, no record.
         self.logging = policy.logger.isEnabledFor(logging.WARNING)
+        # Whether anything reads the time a retry happens at.
+        self.timed = (
+            self.logging
+            or policy.deadline is not None
+            or policy.on_retry is not None
+            or self.recorder is not None
+        )
         # attempt_var's first set: reset once, when the call ends (forget).
         self.token: Token[int] | None = None
 
@@ -284,17 +292,23 @@ class RetryRun:
             elapsed=self.elapsed,
         )
 
-    def next_retry(self, now: float) -> float | None:
+    def next_retry(self, clock: Callable[[], float]) -> float | None:
         """Decide whether to retry the failed attempt; ``None`` to give up.
 
         A retry is recorded (under ``instant_retries``), logged, and the
         managed task told when the next attempt starts; then the delay to wait
         is returned (0 under ``instant_retries``). Its event is built only for
-        the recorder and the hook (:meth:`call_hook`).
+        the recorder and the hook (:meth:`call_hook`). ``clock`` is read at the
+        first failure, and after it only when something reads the time so far
+        (a deadline, the log, the hook, the recorder): a loop's clock costs.
         """
-        if not self.started:
-            self.start, self.started = now, True
         policy = self.policy
+        if not self.started:
+            self.start, self.started = clock(), True
+            now = self.start
+        else:
+            # Untimed, elapsed is read by nothing: it stays 0 and no clock is read.
+            now = clock() if self.timed else self.start
         if self.attempt >= policy.attempts:
             return None
         strategy = policy.backoff
