@@ -62,7 +62,9 @@ class Row:
 
     section: str
     name: str
-    value: float | None = None  # in ``unit``
+    value: float | None = None  # in ``unit``: the median of the repeats
+    low: float | None = None  # the fastest and slowest repeat, in ``unit``
+    high: float | None = None
     unit: str = "µs/call"
     overhead: float | None = None  # µs over the section's bare call, if relevant
     ratio: float | None = None
@@ -125,22 +127,44 @@ def _loops(timed: Callable[[int], float], target: float) -> int:
 Build = Callable[[], Callable[[], Any]]  # makes the callable to time; may raise
 
 
+# The clock of the micro-benchmarks: wall time unless use_cpu_time() was called.
+_clock_ns: Callable[[], int] = time.perf_counter_ns
+
+
+def use_cpu_time() -> None:
+    """Time micro-benchmarks in this process's CPU time (``--cpu-time``).
+
+    On a shared machine, the time other processes hold the CPU then does not
+    count; the throughput runs (``compare_runs``) keep the wall clock: they wait.
+    """
+    global _clock_ns  # noqa: PLW0603 - one switch for the whole run
+    _clock_ns = time.process_time_ns
+
+
 def _timed_sync(func: Callable[[], object], n: int) -> float:
     rng = range(n)
+    clock = _clock_ns
     with _gc_off():
-        t0 = time.perf_counter_ns()
+        t0 = clock()
         for _ in rng:
             func()
-        return (time.perf_counter_ns() - t0) / 1e9
+        return (clock() - t0) / 1e9
 
 
 async def _timed_async(func: Callable[[], Awaitable[object]], n: int) -> float:
     rng = range(n)
+    clock = _clock_ns
     with _gc_off():
-        t0 = time.perf_counter_ns()
+        t0 = clock()
         for _ in rng:
             await func()
-        return (time.perf_counter_ns() - t0) / 1e9
+        return (clock() - t0) / 1e9
+
+
+def _summarize(row: Row, values: list[float], scale: float) -> None:
+    """Set the row's median and its spread (fastest..slowest repeat)."""
+    row.value = statistics.median(values) * scale
+    row.low, row.high = min(values) * scale, max(values) * scale
 
 
 def _error(exc: BaseException) -> str:
@@ -187,7 +211,7 @@ def compare_sync(
             assert func is not None
             samples[i].append(_timed_sync(func, n) / n)
     for i, values in samples.items():
-        built[i][0].value = statistics.median(values) * 1e6
+        _summarize(built[i][0], values, 1e6)
     return [row for row, _ in built]
 
 
@@ -224,7 +248,7 @@ def compare_async(
                 assert func is not None
                 samples[i].append(await _timed_async(func, n) / n)
         for i, values in samples.items():
-            built[i][0].value = statistics.median(values) * 1e6
+            _summarize(built[i][0], values, 1e6)
 
     anyio.run(main, backend=backend)
     return [row for row, _ in built]
@@ -264,6 +288,8 @@ def compare_runs(
     for i, values in live.items():
         if not rows[i].error:
             rows[i].value = convert(statistics.median(values))
+            ends = sorted((convert(min(values)), convert(max(values))))
+            rows[i].low, rows[i].high = ends
     return rows
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from _harness import Report
+from _harness import Report, Row
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -26,9 +26,25 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return f"{value:.2f}"
 
 
+def _spread(row: Row) -> str:
+    """The fastest..slowest repeat, or nothing for single-figure rows."""
+    if row.low is None or row.high is None:
+        return ""
+    return f"{_fmt(row.low, row.unit)}..{_fmt(row.high, row.unit)}"
+
+
 def render(report: Report) -> str:
     """The table as text: one block per section, goals and verdicts on the right."""
-    header = ("benchmark", "value", "unit", "overhead µs", "ratio", "goal", "status")
+    header = (
+        "benchmark",
+        "value",
+        "spread",
+        "unit",
+        "overhead µs",
+        "ratio",
+        "goal",
+        "status",
+    )
     lines: list[tuple[str, ...]] = []
     section = None
     for row in report.rows:
@@ -40,6 +56,7 @@ def render(report: Report) -> str:
                 (
                     "  " + row.name,
                     "-",
+                    "",
                     row.unit,
                     "-",
                     "-",
@@ -53,6 +70,7 @@ def render(report: Report) -> str:
             (
                 "  " + row.name,
                 _fmt(row.value, row.unit),
+                _spread(row),
                 row.unit,
                 _fmt(row.overhead) if row.overhead is not None else "",
                 ratio_txt,
@@ -79,17 +97,17 @@ def render(report: Report) -> str:
 def render_markdown(report: Report) -> str:
     """The same table as Markdown, for docs/performance.md."""
     out = [
-        "| benchmark | value | unit | overhead µs | ratio | goal | status |",
-        "|---|---:|---|---:|---|---|---|",
+        "| benchmark | value | spread | unit | overhead µs | ratio | goal | status |",
+        "|---|---:|---:|---|---:|---|---|---|",
     ]
     section = None
     for row in report.rows:
         if row.section != section:
             section = row.section
-            out.append(f"| **{section}** | | | | | | |")
+            out.append(f"| **{section}** | | | | | | | |")
         if row.error:
             out.append(
-                f"| {row.name} | - | {row.unit} | | | {row.goal} | "
+                f"| {row.name} | - | | {row.unit} | | | {row.goal} | "
                 f"not run: {row.error} |"
             )
             continue
@@ -97,7 +115,8 @@ def render_markdown(report: Report) -> str:
         status = row.status + (f" ({row.note})" if row.note else "")
         overhead = _fmt(row.overhead) if row.overhead is not None else ""
         out.append(
-            f"| {row.name} | {_fmt(row.value, row.unit)} | {row.unit} | "
+            f"| {row.name} | {_fmt(row.value, row.unit)} | {_spread(row)} | "
+            f"{row.unit} | "
             f"{overhead} | {ratio_txt} | {row.goal} | {status} |"
         )
     return "\n".join(out)
@@ -140,6 +159,7 @@ def machine() -> dict[str, Any]:
                 "tenacity",
                 "stamina",
                 "backoff",
+                "opnieuw",
                 "aiojobs",
                 "trio",
             )

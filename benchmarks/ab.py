@@ -1,6 +1,7 @@
 """A/B: the same benchmarks on two versions of bgtasks, interleaved.
 
-Usage: ``python benchmarks/ab.py --base REV [--rounds N] [--only NAME ...]``
+Usage: ``python benchmarks/ab.py --base REV [--rounds N] [--only NAME ...]
+[--cpu-time]``
 (``nox -s bench_ab -- --base REV`` runs it with the peers installed).
 
 Each round runs ``run.py --quick`` once against the working tree's ``src`` and
@@ -27,10 +28,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def _run(src: Path, only: list[str], out: Path) -> dict[tuple[str, str], float]:
+def _run(
+    src: Path, only: list[str], out: Path, *, cpu_time: bool = False
+) -> dict[tuple[str, str], float]:
     """Run run.py --quick with ``src`` first on the path; return value per row."""
     env = dict(os.environ, PYTHONPATH=str(src))
     argv = [sys.executable, str(HERE / "run.py"), "--quick", "--json", str(out)]
+    if cpu_time:
+        argv.append("--cpu-time")
     for name in only:
         argv += ["--only", name]
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="a run.py suite (repeatable); default: decorators, retry, manager",
     )
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="pass --cpu-time to run.py"
+    )
     args = parser.parse_args(argv)
     only = args.only or ["decorators", "retry", "manager"]
     with tempfile.TemporaryDirectory(prefix="bgtasks-ab-") as tmp:
@@ -72,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                 if i % 2:
                     sides.reverse()
                 values = {
-                    side: _run(src, only, Path(tmp) / f"{side}.json")
+                    side: _run(
+                        src, only, Path(tmp) / f"{side}.json", cpu_time=args.cpu_time
+                    )
                     for side, src in sides
                 }
                 new_v, base_v = values["new"], values["base"]

@@ -4,16 +4,27 @@ Every decorator is configured for 3 attempts. Section 1 calls a function that
 succeeds at once (the success path every task pays); section 2 a function that
 fails twice with ``ConnectionError`` and then succeeds, with every wait set to
 zero, so what is measured is the retry machinery, not sleeping.
+
+Section 2 also has opnieuw, with its own test helper ``retry_immediately()``
+and, in sync code, its ``time.sleep(0)`` made a no-op (bgtasks calls no sleep
+for a zero wait), and bgtasks with its retry logging silenced: ``retry(logger=)``
+given a logger whose level is above WARNING, the same as raising the level of
+the ``bgtasks`` logger. Then no log record, message or event is made at all.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import backoff as backoff_lib
+import opnieuw
+import opnieuw.retries
 import stamina
 import tenacity
 from _harness import (
@@ -147,6 +158,42 @@ def _backoff(*, zero_wait: bool) -> Callable[[Any], Any]:
     )
 
 
+# Above WARNING: retry asks the logger once per call and formats nothing.
+_SILENCED = logging.getLogger("bgtasks.bench.silenced")
+_SILENCED.setLevel(logging.CRITICAL + 1)
+
+
+def _bgtasks_silenced(*, zero_wait: bool) -> Callable[[Any], Any]:
+    import bgtasks
+
+    return bgtasks.retry(
+        on=Exception,
+        attempts=ATTEMPTS,
+        backoff=bgtasks.backoff.fixed(0),
+        logger=_SILENCED,
+    )
+
+
+def _opnieuw(*, zero_wait: bool) -> Callable[[Any], Any]:
+    # Waits are skipped by retry_immediately(), entered around the section.
+    return opnieuw.retry(retry_on_exceptions=Exception, max_calls_total=ATTEMPTS)
+
+
+@contextmanager
+def _opnieuw_no_waits() -> Iterator[None]:
+    """opnieuw's retry_immediately(), and its sync time.sleep(0) as a no-op."""
+    from opnieuw.test_util import retry_immediately
+
+    module: Any = opnieuw.retries
+    saved = module.time
+    module.time = SimpleNamespace(sleep=lambda seconds: None)
+    try:
+        with retry_immediately():
+            yield
+    finally:
+        module.time = saved
+
+
 LIBRARIES: dict[str, Callable[..., Callable[[Any], Any]]] = {
     "bgtasks retry": _bgtasks,
     "tenacity": _tenacity,
@@ -201,7 +248,11 @@ def _section(report: Report, cfg: Config, *, is_async: bool, failing: bool) -> N
                 lambda: _checked(hand(target(), sleep=True), is_async=is_async),
             )
         )
-    for name, make in LIBRARIES.items():
+    libraries = dict(LIBRARIES)
+    if failing:
+        libraries["bgtasks retry, logging silenced"] = _bgtasks_silenced
+        libraries["opnieuw (retry_immediately, no-op sleep)"] = _opnieuw
+    for name, make in libraries.items():
 
         def build(
             make: Callable[..., Callable[[Any], Any]] = make,
@@ -210,7 +261,8 @@ def _section(report: Report, cfg: Config, *, is_async: bool, failing: bool) -> N
 
         cases.append((name, build))
     compare = compare_async if is_async else compare_sync
-    rows = compare(report, cfg, section, cases)
+    with _opnieuw_no_waits():
+        rows = compare(report, cfg, section, cases)
     bare = None if failing else rows[0]
     set_overheads(rows[1:] if bare else rows, bare)
     _judge(section, report, failing=failing, bare=bare)
@@ -233,6 +285,11 @@ def _judge(section: str, report: Report, *, failing: bool, bare: Row | None) -> 
         for row in report.rows:
             if row.section == section and row is not loop and row.ok:
                 row.ratio, row.ratio_of = ratio(cost(row), cost(loop)), "loop"
+        silenced = report.find(section, "bgtasks retry, logging silenced")
+        peer = report.find(section, "opnieuw (retry_immediately, no-op sleep)")
+        if silenced is not None and peer is not None:
+            r = ratio(cost(silenced), cost(peer))
+            judge(silenced, "<= opnieuw", None if r is None else r <= 1.0, r, "opnieuw")
         return
     r = ratio(cost(ours), cost(loop))
     judge(ours, "overhead <= 2x loop", None if r is None else r <= 2.0, r, "loop")

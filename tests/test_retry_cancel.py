@@ -142,3 +142,19 @@ async def test_a_wait_ends_at_the_timeout_deadline_in_a_managed_task(
             blocking_sleep.set()
     assert info.error is not None
     assert (info.error.type, len(events)) == ("TimeoutError", 1)
+
+
+async def test_a_zero_wait_of_an_async_retry_is_a_cancellation_point() -> None:
+    """Cancelled during an attempt that fails, a zero-wait retry starts no attempt."""
+    attempts: list[int] = []
+
+    @retry(attempts=5, backoff=0)
+    async def task(scope: anyio.CancelScope) -> None:
+        attempts.append(len(attempts) + 1)
+        scope.cancel()  # no await after it: only retry's zero wait can see it
+        raise ConnectionError
+
+    with anyio.CancelScope() as scope:
+        await task(scope)
+    assert scope.cancelled_caught
+    assert attempts == [1]

@@ -257,6 +257,43 @@ def test_a_passed_logger_is_used(caplog: pytest.LogCaptureFixture) -> None:
     assert [r.name for r in caplog.records] == ["myapp.tasks"]
 
 
+def test_a_silenced_logger_gets_no_record_and_nothing_is_formatted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above WARNING, a retry makes no LogRecord and never calls str(exception)."""
+    formatted: list[str] = []
+
+    class Refused(ConnectionError):
+        def __str__(self) -> str:
+            formatted.append("str")
+            return "refused"
+
+    made: list[logging.LogRecord] = []
+    real = logging.Logger.makeRecord
+
+    def make_record(self: logging.Logger, *args: Any, **kwargs: Any) -> Any:
+        record = real(self, *args, **kwargs)
+        made.append(record)
+        return record
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", make_record)
+    log = logging.getLogger("bgtasks")
+    monkeypatch.setattr(log, "level", logging.CRITICAL + 1)
+    log.manager._clear_cache()  # type: ignore[attr-defined]
+    body = failing(2, Refused())
+
+    @retry(backoff=0)
+    def task() -> None:
+        body()
+
+    try:
+        task()
+    finally:
+        log.manager._clear_cache()  # type: ignore[attr-defined]
+    assert [r for r in made if r.name == "bgtasks"] == []
+    assert formatted == []
+
+
 # --- custom backoff --------------------------------------------------------
 
 

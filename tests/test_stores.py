@@ -268,3 +268,66 @@ def test_manual_clock_moves_only_forward() -> None:
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="only moves forward"):
             clock.advance(bad)
+
+
+@pytest.mark.parametrize("gil", [True, False], ids=["lock-free", "locked"])
+async def test_hits_expiry_and_lru_agree_with_and_without_the_gil(
+    gil: bool, store: MemoryStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_now's lock-free path (GIL) and its locked twin give the same answers."""
+    from bgtasks._idempotency import stores
+
+    monkeypatch.setattr(stores, "_GIL", gil)
+    for key in "abc":
+        await _complete(store, key, key, ttl=10 if key == "a" else 60)
+    assert store.get_now("x") is None
+    record = store.get_now("b")
+    assert record is not None
+    assert record.value == "b"
+    await _complete(store, "d", "d")  # b was used: a is the oldest and goes
+    assert [k for k in "abcd" if store.get_now(k) is not None] == ["b", "c", "d"]
+    clock.advance(60)
+    assert store.get_now("b") is None
+    assert len(store) == 2  # the expired record was dropped when touched
+
+
+def test_lock_free_hits_survive_concurrent_forgets_and_evictions() -> None:
+    """Threads hitting keys that others forget and evict never see an error."""
+    store = MemoryStore(max_entries=8)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            key = f"k{n % 16}"
+            found = store.claim_now(key, owner="o", lease=5, fingerprint=None)
+            if found.status == "claimed":
+                store.complete_now(
+                    key,
+                    owner="o",
+                    fence=found.fence,
+                    record=IdempotencyRecord(n),
+                    ttl=60,
+                )
+            if n % 3 == 0:
+                store.forget_now(f"k{(n + 5) % 16}")
+            n += 1
+
+    def hit() -> None:
+        try:
+            for n in range(20_000):
+                store.get_now(f"k{n % 16}")
+        except BaseException as exc:  # pragma: no cover - the failure reported
+            errors.append(exc)
+
+    writer = threading.Thread(target=churn)
+    readers = [threading.Thread(target=hit) for _ in range(3)]
+    writer.start()
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    stop.set()
+    writer.join()
+    assert errors == []

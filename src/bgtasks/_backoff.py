@@ -45,6 +45,10 @@ class Backoff:
         """
         raise NotImplementedError
 
+    def _constant(self) -> float | None:
+        """Return the delay after every attempt if it never varies, else ``None``."""
+        return None
+
 
 @final
 class _Fixed(Backoff):
@@ -59,6 +63,9 @@ class _Fixed(Backoff):
     def _next_delay(
         self, attempt: int, previous: float | None, *, jitter: bool
     ) -> float:
+        return self._seconds
+
+    def _constant(self) -> float | None:
         return self._seconds
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "checkpoint",
     "deadline_var",
     "in_worker_thread",
+    "may_stop",
     "remaining",
     "seconds_left",
     "stop_if_due",
@@ -148,8 +149,20 @@ def stop_if_due(seen_at: str) -> None:
         # Outside an anyio worker thread there is no host task to ask.
         with contextlib.suppress(RuntimeError):
             anyio.from_thread.check_cancelled()
-    elif in_worker_thread():
+    elif "current_token" in _anyio_threadlocals.__dict__:  # in_worker_thread()
         anyio.from_thread.check_cancelled()
+
+
+def may_stop() -> bool:
+    """Tell whether :func:`stop_if_due` can raise here: a deadline, or a host task.
+
+    Neither changes while a call runs, so a loop asks once and skips its checks.
+    """
+    return (
+        deadline_var.get() is not None
+        or _anyio_threadlocals is None  # see stop_if_due: it asks anyio then
+        or in_worker_thread()
+    )
 
 
 def in_worker_thread() -> bool:

@@ -18,11 +18,11 @@ from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 from typing_extensions import ParamSpec
 
 from ._backoff import exponential
-from ._context import running_task_var
-from ._deadline import in_worker_thread, remaining, stop_if_due
+from ._deadline import in_worker_thread, may_stop, remaining, stop_if_due
 from ._retry_policy import RetryEvent, RetryPolicy, RetryRun
 from ._wrap import callable_name, is_async_callable, wrap_same_kind
 
@@ -146,7 +146,7 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
                 error = exc
             try:
                 run = RetryRun(policy, name, None, error, _NO_RESULT)
-                return _retry_sync(run, functools.partial(func, *args, **kwargs))
+                return _retry_sync(run, func, args, kwargs)
             finally:
                 del error  # no exception -> traceback -> frame cycle
 
@@ -169,7 +169,7 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
             error = None
         try:
             run = RetryRun(policy, name, start, error, result)
-            return _retry_sync(run, functools.partial(func, *args, **kwargs))
+            return _retry_sync(run, func, args, kwargs)
         finally:
             del error  # no exception -> traceback -> frame cycle
 
@@ -193,7 +193,7 @@ def _make_async(
                 error = exc
             try:
                 run = RetryRun(policy, name, None, error, _NO_RESULT)
-                return await _retry_async(run, functools.partial(func, *args, **kwargs))
+                return await _retry_async(run, func, args, kwargs)
             finally:
                 del error  # no exception -> traceback -> frame cycle
 
@@ -216,49 +216,75 @@ def _make_async(
             error = None
         try:
             run = RetryRun(policy, name, start, error, result)
-            return await _retry_async(run, functools.partial(func, *args, **kwargs))
+            return await _retry_async(run, func, args, kwargs)
         finally:
             del error  # no exception -> traceback -> frame cycle
 
     return wrapper_with_options
 
 
-def _retry_sync(run: RetryRun, call: Callable[[], Any]) -> Any:
+def _retry_sync(
+    run: RetryRun,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
     """Run attempts 2..N of a sync call whose first attempt failed."""
     clock = _sync_clock
+    hooked = run.policy.on_retry is not None
+    stoppable = may_stop()  # else a zero wait has nothing to check
     try:
-        while run.next_retry(clock()):
-            _discard(run, run.announce())
-            _wait_sync(run)
-            with run.next_attempt():
-                run.result = call()
-            if run.accepted():
-                return run.result
+        while (delay := run.next_retry(clock)) is not None:
+            if hooked:
+                _discard(run, run.call_hook())
+            if delay > 0 or stoppable:
+                _wait_sync(run, delay)
+            run.next_attempt()
+            try:
+                result = func(*args, **kwargs)
+            except Exception as exc:  # never cancellation, whatever on= says
+                if not run.failed(exc):
+                    raise
+                continue
+            if run.accepted(result):
+                return result
         return run.give_up(clock())
     finally:
         run.forget()
 
 
-async def _retry_async(run: RetryRun, call: Callable[[], Awaitable[Any]]) -> Any:
+async def _retry_async(
+    run: RetryRun,
+    func: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
     """Run attempts 2..N of an async call whose first attempt failed."""
     clock = _async_clock
+    hooked = run.policy.on_retry is not None
     try:
-        while run.next_retry(clock()):
-            await _await_hook(run, run.announce())
-            delay = run.wait()
-            _announce_wait(delay)
-            # Even a skipped wait is a cancellation point, as a real one would be.
-            await _async_sleep(delay)
-            with run.next_attempt():
-                run.result = await call()
-            if run.accepted():
-                return run.result
+        while (delay := run.next_retry(clock)) is not None:
+            if hooked:
+                await _await_hook(run, run.call_hook())
+            if delay > 0:
+                await _async_sleep(delay)
+            else:  # a skipped wait is a cancellation point, as a real one would be
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            run.next_attempt()
+            try:
+                result = await func(*args, **kwargs)
+            except Exception as exc:  # never cancellation, whatever on= says
+                if not run.failed(exc):
+                    raise
+                continue
+            if run.accepted(result):
+                return result
         return run.give_up(clock())
     finally:
         run.forget()
 
 
-def _wait_sync(run: RetryRun) -> None:
+def _wait_sync(run: RetryRun, delay: float) -> None:
     """Wait before a sync retry, or less: until a @timeout deadline or a cancel.
 
     In an anyio worker thread the wait runs on the host task's event loop, in
@@ -266,8 +292,6 @@ def _wait_sync(run: RetryRun) -> None:
     cancellation exception here). Elsewhere nothing can cancel the thread. No
     attempt starts after a cancel or a passed deadline.
     """
-    delay = run.wait()
-    _announce_wait(delay)
     if delay > 0:
         left = remaining()
         if left is not None:
@@ -277,13 +301,6 @@ def _wait_sync(run: RetryRun) -> None:
         else:
             _sync_sleep(delay)
     stop_if_due(f"the retry of {run.name}")
-
-
-def _announce_wait(delay: float) -> None:
-    """Show a managed task's poller when its next attempt starts (wall clock)."""
-    task = running_task_var.get()
-    if task is not None:
-        task.record_retry_wait(time.time() + delay)
 
 
 def _discard(run: RetryRun, pending: object) -> None:

@@ -4,7 +4,8 @@
 built (`RetryPolicy.from_options`), and never changes. `RetryRun` is created
 per call at the first failure only, so the success path allocates nothing; it
 keeps that call's attempt count, clock and previous delay, decides whether to
-retry, and announces each retry (record, log, hook).
+retry, and announces each retry (record, log, hook). A retry with no hook, no
+recorder and a silenced logger allocates no event and formats nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import inspect
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable
 from contextvars import Token
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, cast, final
 
 from . import _observe
@@ -63,6 +64,7 @@ class RetryPolicy:
         "attempts",
         "backoff",
         "catch",
+        "constant",
         "deadline",
         "logger",
         "on_retry",
@@ -86,6 +88,12 @@ class RetryPolicy:
         self.catch = catch
         self.predicate = predicate
         self.backoff = backoff
+        # A fixed delay needs no call per retry.
+        self.constant = (
+            backoff._constant()  # pyright: ignore[reportPrivateUsage]
+            if isinstance(backoff, Backoff)
+            else None
+        )
         self.deadline = deadline
         self.retry_if = retry_if
         self.on_retry = on_retry
@@ -211,16 +219,19 @@ class RetryRun:
 
     __slots__ = (
         "attempt",
+        "delay",
+        "elapsed",
         "error",
-        "event",
+        "logging",
         "name",
         "policy",
-        "previous",
         "recorder",
         "result",
         "skipped",
         "start",
         "started",
+        "task",
+        "timed",
         "token",
     )
 
@@ -238,51 +249,100 @@ class RetryRun:
         # success path reads no clock, so next_retry reads it then.
         self.start = 0.0 if start is None else start
         self.started = start is not None
-        self.event: RetryEvent | None = None  # the retry being made
         self.attempt = 1
         self.error = error  # the last attempt's exception, or None
         self.result: Any = result  # its result, when error is None
-        self.previous: float | None = None
+        # The retry being made, set by next_retry: its wait (None before the
+        # first, the previous one after) and the time so far.
+        self.delay: float | None = None
+        self.elapsed = 0.0
         self.recorder: RetryRecorder | None = instant_var.get()
         self.skipped = 0.0  # waits skipped under instant_retries count as slept
-        self.token: Token[int] | None = None  # the attempt_var of the attempt
+        # Read once: every attempt of this call runs in the task it started in.
+        self.task = running_task_var.get()
+        # Read once too: a silenced logger costs no message, no extra, no record.
+        self.logging = policy.logger.isEnabledFor(logging.WARNING)
+        # Whether anything reads the time a retry happens at.
+        self.timed = (
+            self.logging
+            or policy.deadline is not None
+            or policy.on_retry is not None
+            or self.recorder is not None
+        )
+        # attempt_var's first set: reset once, when the call ends (forget).
+        self.token: Token[int] | None = None
 
     @property
     def instant(self) -> bool:
         """Whether waits are skipped (under ``bgtasks.testing.instant_retries``)."""
         return self.recorder is not None
 
-    def next_retry(self, now: float) -> bool:
-        """Decide whether to retry the failed attempt; keep the retry in ``event``."""
-        if not self.started:
-            self.start, self.started = now, True
-        exception, result = self.error, self.result
-        policy = self.policy
-        if self.attempt >= policy.attempts:
-            return False
-        delay = self._delay(exception)
-        elapsed = now - self.start + self.skipped
-        if policy.deadline is not None and elapsed + delay > policy.deadline:
-            return False
-        self.previous = delay
-        self.event = RetryEvent(
+    @property
+    def event(self) -> RetryEvent:
+        """The retry being made, as ``on_retry`` and the recorder see it.
+
+        Built on demand: with no hook, no recorder and retry logging silenced, a
+        retry allocates no event at all.
+        """
+        return RetryEvent(
             name=self.name,
             attempt=self.attempt,
-            exception=exception,
-            result=result,
-            delay=delay,
-            elapsed=elapsed,
+            exception=self.error,
+            result=self.result,
+            delay=self.delay or 0.0,
+            elapsed=self.elapsed,
         )
-        return True
 
-    def _delay(self, exception: Exception | None) -> float:
-        strategy = self.policy.backoff
-        if isinstance(strategy, Backoff):
-            jitter = self.recorder is None or self.recorder.jitter
+    def next_retry(self, clock: Callable[[], float]) -> float | None:
+        """Decide whether to retry the failed attempt; ``None`` to give up.
+
+        A retry is recorded (under ``instant_retries``), logged, and the
+        managed task told when the next attempt starts; then the delay to wait
+        is returned (0 under ``instant_retries``). Its event is built only for
+        the recorder and the hook (:meth:`call_hook`). ``clock`` is read at the
+        first failure, and after it only when something reads the time so far
+        (a deadline, the log, the hook, the recorder): a loop's clock costs.
+        """
+        policy = self.policy
+        if not self.started:
+            self.start, self.started = clock(), True
+            now = self.start
+        else:
+            # Untimed, elapsed is read by nothing: it stays 0 and no clock is read.
+            now = clock() if self.timed else self.start
+        if self.attempt >= policy.attempts:
+            return None
+        strategy = policy.backoff
+        recorder = self.recorder
+        if policy.constant is not None:
+            delay = policy.constant
+        elif isinstance(strategy, Backoff):
+            jitter = recorder is None or recorder.jitter
             # Backoff's private protocol: built-ins get this call's previous delay.
-            return strategy._next_delay(  # pyright: ignore[reportPrivateUsage]
-                self.attempt, self.previous, jitter=jitter
+            delay = strategy._next_delay(  # pyright: ignore[reportPrivateUsage]
+                self.attempt, self.delay, jitter=jitter
             )
+        else:
+            delay = self._user_delay(strategy)
+        elapsed = now - self.start + self.skipped
+        if policy.deadline is not None and elapsed + delay > policy.deadline:
+            return None
+        self.delay = delay
+        self.elapsed = elapsed
+        if recorder is not None:
+            recorder._record(self.event)  # pyright: ignore[reportPrivateUsage]
+            self.skipped += delay
+            delay = 0.0  # skipped, counted as slept
+        if self.logging:
+            self._log()
+        if _observe.hook is not None:
+            _observe.hook.retried(self.event)
+        task = self.task
+        if task is not None:
+            task.record_retry_wait(time.time() + delay)
+        return delay
+
+    def _user_delay(self, strategy: Callable[[int], float]) -> float:
         delay = cast("object", strategy(self.attempt))  # user code: check it
         problem = (
             f"backoff {strategy!r} returned {delay!r} after attempt {self.attempt}"
@@ -290,33 +350,25 @@ class RetryRun:
         if isinstance(delay, bool) or not isinstance(delay, (int, float)):
             raise TypeError(
                 f"{problem} of {self.name}: it must return a number of seconds."
-            ) from exception
+            ) from self.error
         if not 0 <= delay < math.inf:
             raise ValueError(
                 f"{problem} of {self.name}: it must return a finite number of "
                 "seconds >= 0."
-            ) from exception
+            ) from self.error
         return float(delay)
 
-    def announce(self) -> object:
-        """Record and log the retry, call the hook, return what it returned to await.
+    def call_hook(self) -> object:
+        """Call ``on_retry`` with the retry; return what it returned, to await.
 
         A hook that raises is logged and the retry goes on: a bug in a hook must
         not replace the task's own exception nor stop its retries.
         """
-        event = self.event
-        assert event is not None  # set by next_retry
-        if self.recorder is not None:
-            self.recorder._record(event)  # pyright: ignore[reportPrivateUsage]
-            self.skipped += event.delay
-        self._log(event)
-        if _observe.hook is not None:
-            _observe.hook.retried(event)
         hook = self.policy.on_retry
         if hook is None:
             return None
         try:
-            outcome = hook(event)
+            outcome = hook(self.event)
         except Exception:
             self.hook_failed()
             return None
@@ -330,64 +382,47 @@ class RetryRun:
             extra={"task_name": self.name, "attempt": self.attempt},
         )
 
-    def _log(self, event: RetryEvent) -> None:
+    def _log(self) -> None:
         # Type and message only: argument values may hold emails or tokens.
-        if event.exception is None:
+        exception = self.error
+        if exception is None:
             cause = "its result was rejected by retry_if"
         else:
-            message = str(event.exception)
-            cause = type(event.exception).__qualname__ + (
-                f": {message}" if message else ""
-            )
+            message = str(exception)
+            cause = type(exception).__qualname__ + (f": {message}" if message else "")
         self.policy.logger.warning(
             "bgtasks.retry: %s attempt %d failed (%s); retrying in %.3gs",
-            event.name,
-            event.attempt,
+            self.name,
+            self.attempt,
             cause,
-            event.delay,
+            self.delay,
             extra={
-                "task_name": event.name,
-                "attempt": event.attempt,
-                "delay": event.delay,
-                "elapsed": event.elapsed,
+                "task_name": self.name,
+                "attempt": self.attempt,
+                "delay": self.delay,
+                "elapsed": self.elapsed,
             },
         )
 
-    def wait(self) -> float:
-        """Return how long to wait before the retry: none under instant_retries."""
-        event = self.event
-        return 0.0 if self.recorder is not None or event is None else event.delay
+    def next_attempt(self) -> None:
+        """Start the next attempt: publish its number to the task and attempt_var.
 
-    def next_attempt(self) -> RetryRun:
-        """Start the next attempt: use as ``with run.next_attempt(): run.result = ...``.
-
-        Publishes the attempt's number (to the managed task and attempt_var).
-        On leaving the block, a retryable exception is kept in ``error`` and
-        swallowed; any other propagates untouched.
+        ``attempt_var`` keeps the number until the next attempt or the end of
+        the call (:meth:`forget` resets it): one context change per attempt.
         """
         self.attempt += 1
-        task = running_task_var.get()
+        task = self.task
         if task is not None:
             task.record_attempt(self.attempt)
-        self.token = attempt_var.set(self.attempt)
-        self.error = None
-        return self
+        token = attempt_var.set(self.attempt)
+        if self.token is None:
+            self.token = token
 
-    def __enter__(self) -> None:
-        """Enter the attempt that :meth:`next_attempt` started."""
+    def failed(self, exc: Exception) -> bool:
+        """Keep the attempt's exception if it is retryable; ``False`` to re-raise it.
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool:
-        """Keep a retryable exception and swallow it; let anything else through."""
-        if self.token is not None:
-            attempt_var.reset(self.token)
-            self.token = None
-        if not isinstance(exc, Exception):
-            return False  # success, or a cancellation: never retried
+        Only ``Exception`` reaches here: the loops never catch cancellation.
+        """
         policy = self.policy
         if not isinstance(exc, policy.catch) or (
             policy.predicate is not None and not policy.predicate(exc)
@@ -396,10 +431,11 @@ class RetryRun:
         self.error, self.result = exc, None
         return True
 
-    def accepted(self) -> bool:
-        """Tell whether the attempt just made is the call's outcome: no retry."""
+    def accepted(self, result: object) -> bool:
+        """Keep the attempt's result; tell whether it is the call's outcome."""
+        self.error, self.result = None, result
         retry_if = self.policy.retry_if
-        return self.error is None and (retry_if is None or not retry_if(self.result))
+        return retry_if is None or not retry_if(result)
 
     def give_up(self, now: float) -> Any:
         """End the call: raise the last exception, or return the rejected result."""
@@ -409,8 +445,14 @@ class RetryRun:
         raise self._final(now, self.error)
 
     def forget(self) -> None:
-        """Drop the last exception: exception -> traceback -> frame -> run cycles."""
-        self.error = self.result = self.event = None
+        """End the call: reset attempt_var, drop the last exception and result.
+
+        Dropping them breaks exception -> traceback -> frame -> run cycles.
+        """
+        self.error = self.result = None
+        if self.token is not None:
+            attempt_var.reset(self.token)
+            self.token = None
 
     def _final(self, now: float, exception: Exception) -> Exception:
         """Note on ``exception`` (3.11+) why it is final, and return it to re-raise."""

@@ -253,7 +253,13 @@ def idempotent(  # noqa: D417 - func only exists to reject a bare @idempotent
         fingerprint_of = None
         if fingerprint is not False:
             custom = None if fingerprint is True else fingerprint
-            fingerprint_of = make_fingerprint(func, custom, qualname)
+            # A MemoryStore's fingerprints stay in the process: no digest needed.
+            fingerprint_of = make_fingerprint(
+                func,
+                custom,
+                qualname,
+                in_process=isinstance(chosen_store, MemoryStore),
+            )
         policy = Policy(
             name=qualname,
             store=chosen_store,
@@ -300,8 +306,10 @@ def _sync_wrapper(policy: Policy, func: Callable[..., Any]) -> Callable[..., Any
                 report_outcome("replayed")
             if _observe.hook is not None:
                 _observe.hook.idempotency(policy.name, "hit")
-            if fp is None and record.error is None:
-                return record.value
+            if record.error is None and (
+                fp is None or fp == record.fingerprint or record.fingerprint is None
+            ):
+                return record.value  # what policy.replay returns, without the call
             return policy.replay(record, fp)
         # The logged call around, read now: the body may set another one.
         slot = outcome_var.get() if reporting else None
@@ -348,8 +356,10 @@ def _async_wrapper(
                 report_outcome("replayed")
             if _observe.hook is not None:
                 _observe.hook.idempotency(policy.name, "hit")
-            if fp is None and record.error is None:
-                return record.value
+            if record.error is None and (
+                fp is None or fp == record.fingerprint or record.fingerprint is None
+            ):
+                return record.value  # what policy.replay returns, without the call
             return policy.replay(record, fp)
         # The logged call around, read now: the body may set another one.
         slot = outcome_var.get() if reporting else None

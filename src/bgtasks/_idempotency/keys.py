@@ -12,7 +12,7 @@ import inspect
 import re
 import string
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["KeyFunction", "make_fingerprint", "make_key"]
 
@@ -210,6 +210,9 @@ def _compiled_key(
             )
         )
 
+    if len(parts) == 1:
+        return _one_field_key(head, parts[0], missing, fail)
+
     def compiled_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         key = head
         for name, index, by_keyword, default, convert, spec, following in parts:
@@ -230,6 +233,34 @@ def _compiled_key(
         return key
 
     return compiled_key
+
+
+def _one_field_key(
+    head: str,
+    part: tuple[str, int, bool, Any, Callable[[object], str] | None, str, str],
+    missing: Callable[[str], TypeError],
+    fail: Callable[[Exception], ValueError],
+) -> KeyFunction:
+    """Like ``compiled_key`` for the usual template of one field, without the loop."""
+    name, index, by_keyword, default, convert, spec, following = part
+
+    def one_field_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if 0 <= index < len(args):
+            value = args[index]
+        elif by_keyword and name in kwargs:
+            value = kwargs[name]
+        elif default is not _MISSING:
+            value = default
+        else:
+            raise missing(name)
+        try:
+            if convert is not None:
+                value = convert(value)
+            return head + format(value, spec) + following
+        except Exception as exc:
+            raise fail(exc) from exc
+
+    return one_field_key
 
 
 def _user_str_function(
@@ -278,14 +309,57 @@ def make_key(
     )
 
 
+# Exact types whose repr is canonical and tells the type apart: 1, 1.0, True,
+# "1", b"1" and None all differ, and so do -0.0 and 0.0; nan equals itself.
+_ATOMIC = frozenset({str, int, float, bool, type(None), bytes})
+# Longer in-process fingerprints are digested, so a record stays small.
+_INLINE_LIMIT = 128
+
+
+def _atomic(values: tuple[object, ...]) -> bool:
+    """Tell whether every value is of an ``_ATOMIC`` type or a tuple of them."""
+    for value in values:
+        kind = type(value)
+        if kind not in _ATOMIC and not (
+            kind is tuple and _atomic(cast("tuple[object, ...]", value))
+        ):
+            return False
+    return True
+
+
+def _digest(items: tuple[tuple[str, Any], ...], qualname: str) -> str:
+    """BLAKE2b of the repr of ``(name, value)`` pairs: the persisted format."""
+    try:
+        text = repr(items)
+    except Exception as exc:
+        raise ValueError(
+            f"cannot fingerprint the arguments of {qualname}(): an argument's "
+            f"repr raised {type(exc).__name__} (the original is this error's "
+            "__cause__)"
+        ) from exc
+    data = text.encode("utf-8", "backslashreplace")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def make_fingerprint(
-    func: Callable[..., Any], fingerprint: Callable[..., object] | None, qualname: str
+    func: Callable[..., Any],
+    fingerprint: Callable[..., object] | None,
+    qualname: str,
+    *,
+    in_process: bool = False,
 ) -> KeyFunction:
     """Build the resolver of a call's argument fingerprint.
 
     With no ``fingerprint`` callable, the fingerprint is a BLAKE2b digest of the
     ``repr`` of every bound argument, defaults applied, so positional and
-    keyword calls agree; arguments must have value-based reprs.
+    keyword calls agree; arguments must have value-based reprs. That digest is
+    what a shared store keeps, so its format does not change between versions.
+
+    ``in_process=True`` (a :class:`MemoryStore`: the fingerprint never leaves
+    the process) skips the digest when every argument is a str, int, float,
+    bool, None, bytes or a tuple of those: the fingerprint is then the
+    parameter names and the repr of the values, which tells ``1``, ``1.0``,
+    ``True`` and ``"1"`` apart. Other arguments, and long reprs, are digested.
     """
     if fingerprint is not None:
         return _user_str_function(
@@ -294,50 +368,58 @@ def make_fingerprint(
 
     signature = _signature(func, "fingerprint its arguments")
     params = list(signature.parameters.values())
-    names = [p.name for p in params]
+    names = tuple(p.name for p in params)
     simple = not any(p.kind in _VARIADIC for p in params)
     positional = sum(
         p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
     )
+    # Every parameter positional: a call passing them all by position is bound.
+    every_position = simple and positional == len(params)
     by_keyword = {p.name for p in params if p.kind is not p.POSITIONAL_ONLY}
     defaults = [p.default for p in params]
-
-    def quick_items(
-        args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[str, Any], ...] | None:
-        # What Signature.bind + apply_defaults gives for a plain signature, faster;
-        # None sends anything unusual (including bad calls) to the full binding.
-        if not simple or len(args) > positional:
-            return None
-        values = list(args)
-        used = 0
-        for name, default in zip(
-            names[len(args) :], defaults[len(args) :], strict=True
-        ):
-            if name in kwargs and name in by_keyword:
-                values.append(kwargs[name])
-                used += 1
-            elif default is not inspect.Parameter.empty:
-                values.append(default)
-            else:
-                return None
-        return tuple(zip(names, values, strict=True)) if used == len(kwargs) else None
-
     binding = f"fingerprint the arguments of {qualname}()"
 
-    def repr_fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        items = quick_items(args, kwargs)
-        if items is None:
-            items = tuple(_bind(signature, args, kwargs, binding).items())
-        try:
-            text = repr(items)
-        except Exception as exc:
-            raise ValueError(
-                f"cannot fingerprint the arguments of {qualname}(): an argument's "
-                f"repr raised {type(exc).__name__} (the original is this error's "
-                "__cause__)"
-            ) from exc
-        data = text.encode("utf-8", "backslashreplace")
-        return hashlib.blake2b(data, digest_size=16).hexdigest()
+    def values_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        # What Signature.bind + apply_defaults gives, in parameter order; the
+        # full binding handles anything unusual, bad calls included.
+        if every_position and not kwargs and len(args) == positional:
+            return args
+        if simple and len(args) <= positional:
+            values = list(args)
+            used = 0
+            for name, default in zip(
+                names[len(args) :], defaults[len(args) :], strict=True
+            ):
+                if name in kwargs and name in by_keyword:
+                    values.append(kwargs[name])
+                    used += 1
+                elif default is not inspect.Parameter.empty:
+                    values.append(default)
+                else:
+                    break
+            else:
+                if used == len(kwargs):
+                    return tuple(values)
+        return tuple(_bind(signature, args, kwargs, binding).values())
 
-    return repr_fingerprint
+    if not in_process:
+
+        def repr_fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            values = values_of(args, kwargs)
+            return _digest(tuple(zip(names, values, strict=True)), qualname)
+
+        return repr_fingerprint
+
+    # Names first, "=" then the values' repr (a tuple's, so "(..."): never a
+    # hex digest, and a function renaming a parameter sees different calls.
+    head = ",".join(names) + "="
+
+    def local_fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        values = values_of(args, kwargs)
+        if _atomic(values):
+            text = head + repr(values)
+            if len(text) <= _INLINE_LIMIT:
+                return text
+        return _digest(tuple(zip(names, values, strict=True)), qualname)
+
+    return local_fingerprint

@@ -12,6 +12,7 @@ running duplicate on the in-process flight board.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 ClaimStatus = Literal["claimed", "completed", "in_progress"]
+
+# False on a free-threaded build running without the GIL (3.13+): get_now locks.
+_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class IdempotencyRecord(NamedTuple):
@@ -204,8 +208,9 @@ class _Done:
 class MemoryStore:
     """A thread-safe, task-safe, bounded in-process :class:`IdempotencyStore`.
 
-    One ``threading.Lock`` guards every operation and is never held across an
-    ``await``, so the store is safe between the event loop and worker threads.
+    One ``threading.Lock`` guards every change and is never held across an
+    ``await``, so the store is safe between the event loop and worker threads;
+    a hit (``get_now``) takes no lock where the GIL makes its reads atomic.
     Each async method has a synchronous twin (``claim_now``, ``complete_now``,
     ``release_now``, ``get_now``) that ``@idempotent`` calls directly, so sync
     functions need no event loop. Fences come from one counter per store:
@@ -318,6 +323,25 @@ class MemoryStore:
 
     def get_now(self, key: str) -> IdempotencyRecord | None:
         """Return the unexpired record of ``key``, or ``None``; counts as a use."""
+        if not _GIL:
+            return self._get_locked(key)
+        # Every hit comes here, so no lock: with the GIL each dict operation
+        # below is atomic, and a record is immutable once stored. A key that
+        # another thread drops meanwhile was still a hit when it was read.
+        done = self._done.get(key)
+        if done is None:
+            return None
+        if done.expires_at <= self._clock():
+            self._drop_expired(key, done)
+            return None
+        try:  # noqa: SIM105 - contextlib.suppress costs more than the lookup
+            self._done.move_to_end(key)
+        except KeyError:
+            pass
+        return done.result.record
+
+    def _get_locked(self, key: str) -> IdempotencyRecord | None:
+        # get_now without a GIL (free-threaded builds): under the lock.
         with self._lock:
             done = self._done.get(key)
             if done is None:
@@ -327,6 +351,11 @@ class MemoryStore:
                 return None
             self._done.move_to_end(key)
             return done.result.record
+
+    def _drop_expired(self, key: str, done: _Done) -> None:
+        with self._lock:
+            if self._done.get(key) is done:
+                del self._done[key]
 
     def forget_now(self, key: str) -> None:
         """Drop the record or claim of ``key``: the next call runs again.
