@@ -6,7 +6,8 @@ over by the time its task runs, and a child must not outlive its parent).
 FastAPI's instrumentation makes a span per plain ``BackgroundTask``; bgtasks'
 own ``TrackedTask`` runs itself, so it gets none. Only when a
 ``BackgroundTasks`` subclass nests the task in a plain ``BackgroundTask`` does
-FastAPI's span appear, and the task takes that span over: one span per task. The decorators only add events to whatever span is current, so they
+FastAPI's span appear, and the task takes that span over: one span per task.
+The decorators only add events to whatever span is current, so they
 work on a manager's task span, on FastAPI's, or on one of the caller's.
 """
 
