@@ -190,6 +190,14 @@ async def test_arguments_bound_into_the_function_are_not_kept(carrier: str) -> N
         await manager.spawn(func).wait(timeout=5)
     del upload, func
     gc.collect()
+    # Older anyio's idle worker thread keeps its last job's function in a
+    # local until its next job, and under load another idle thread may take a
+    # job first: give a few, then judge.
+    for _ in range(10):
+        if ref() is None:
+            break
+        await anyio.to_thread.run_sync(gc.collect)
+    gc.collect()
     assert ref() is None
 
 
