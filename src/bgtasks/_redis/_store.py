@@ -63,15 +63,23 @@ class _Listener:
         self.users = 0
 
 
-def _reply(response: object) -> object:
-    return response
-
-
 def _evaluate(
     script: Script[bytes], keys: tuple[str, ...], args: tuple[str | int | bytes, ...]
 ) -> Callable[[coredis.Redis[bytes]], Awaitable[object]]:
-    """Return a call of ``script`` (EVALSHA, loading it once on NOSCRIPT)."""
-    return lambda client: script(keys=keys, args=args, client=client, callback=_reply)
+    """Return a call of ``script``: EVALSHA, loading the script once on NOSCRIPT.
+
+    Plain ``evalsha`` rather than calling the ``Script``: its retry and
+    transform wrappers cost about as much as a tenth of the round trip.
+    """
+
+    async def call(client: coredis.Redis[bytes]) -> object:
+        try:
+            return await client.evalsha(script.sha, keys, args)
+        except coredis.exceptions.NoScriptError:  # a new or restarted server
+            await client.script_load(script.script)
+            return await client.evalsha(script.sha, keys, args)
+
+    return call
 
 
 def _ms(seconds: float) -> int:
