@@ -2,7 +2,8 @@
 
 Each figure is the median of several timed repeats after a warm-up that also
 calibrates the loop count (timeit's autorange idea, with a shorter target so the
-whole run stays within minutes). Micro-benchmarks run with the garbage collector
+whole run stays within minutes), shown with its spread over the repeats
+(min..max). Micro-benchmarks run with the garbage collector
 off during the timed loop, as ``timeit`` does; throughput and memory
 benchmarks keep it on, as an application would.
 """
@@ -71,6 +72,8 @@ class Row:
     status: str = ""  # "met", "MISSED", or "" when no goal applies
     note: str = ""
     error: str = ""  # set when the row could not run (e.g. code not written yet)
+    low: float | None = None  # the spread of ``value`` over the repeats, in ``unit``
+    high: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -187,8 +190,14 @@ def compare_sync(
             assert func is not None
             samples[i].append(_timed_sync(func, n) / n)
     for i, values in samples.items():
-        built[i][0].value = statistics.median(values) * 1e6
+        set_spread(built[i][0], [v * 1e6 for v in values])
     return [row for row, _ in built]
+
+
+def set_spread(row: Row, values: list[float]) -> None:
+    """Set ``row``'s value to the median of ``values``, and its spread (min..max)."""
+    row.value = statistics.median(values)
+    row.low, row.high = min(values), max(values)
 
 
 def compare_async(
@@ -224,7 +233,7 @@ def compare_async(
                 assert func is not None
                 samples[i].append(await _timed_async(func, n) / n)
         for i, values in samples.items():
-            built[i][0].value = statistics.median(values) * 1e6
+            set_spread(built[i][0], [v * 1e6 for v in values])
 
     anyio.run(main, backend=backend)
     return [row for row, _ in built]
@@ -264,6 +273,8 @@ def compare_runs(
     for i, values in live.items():
         if not rows[i].error:
             rows[i].value = convert(statistics.median(values))
+            ends = (convert(min(values)), convert(max(values)))
+            rows[i].low, rows[i].high = min(ends), max(ends)  # convert may invert
     return rows
 
 

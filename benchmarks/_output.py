@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from _harness import Report
+from _harness import Report, Row
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -26,9 +26,25 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return f"{value:.2f}"
 
 
+def _value(row: Row) -> str:
+    """The row's value, with its spread over the repeats when it has one."""
+    text = _fmt(row.value, row.unit)
+    if row.low is not None and row.high is not None:
+        text += f" ({_fmt(row.low, row.unit)}..{_fmt(row.high, row.unit)})"
+    return text
+
+
 def render(report: Report) -> str:
     """The table as text: one block per section, goals and verdicts on the right."""
-    header = ("benchmark", "value", "unit", "overhead µs", "ratio", "goal", "status")
+    header = (
+        "benchmark",
+        "value (min..max)",
+        "unit",
+        "overhead µs",
+        "ratio",
+        "goal",
+        "status",
+    )
     lines: list[tuple[str, ...]] = []
     section = None
     for row in report.rows:
@@ -52,7 +68,7 @@ def render(report: Report) -> str:
         lines.append(
             (
                 "  " + row.name,
-                _fmt(row.value, row.unit),
+                _value(row),
                 row.unit,
                 _fmt(row.overhead) if row.overhead is not None else "",
                 ratio_txt,
@@ -79,7 +95,7 @@ def render(report: Report) -> str:
 def render_markdown(report: Report) -> str:
     """The same table as Markdown, for docs/performance.md."""
     out = [
-        "| benchmark | value | unit | overhead µs | ratio | goal | status |",
+        "| benchmark | value (min..max) | unit | overhead µs | ratio | goal | status |",
         "|---|---:|---|---:|---|---|---|",
     ]
     section = None
@@ -97,7 +113,7 @@ def render_markdown(report: Report) -> str:
         status = row.status + (f" ({row.note})" if row.note else "")
         overhead = _fmt(row.overhead) if row.overhead is not None else ""
         out.append(
-            f"| {row.name} | {_fmt(row.value, row.unit)} | {row.unit} | "
+            f"| {row.name} | {_value(row)} | {row.unit} | "
             f"{overhead} | {ratio_txt} | {row.goal} | {status} |"
         )
     return "\n".join(out)

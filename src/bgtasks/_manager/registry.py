@@ -89,6 +89,7 @@ class Registry:
         "_finished_count",
         "_first_time",
         "_order",
+        "_order_reused",
         "_order_stale",
         "_records",
         "_seqs",
@@ -123,6 +124,9 @@ class Registry:
         self._seqs = array("q")
         self._sequence = itertools.count()
         self._order_stale = 0
+        # An id was reused since the last compaction: its older entry in the
+        # paging order is told from the newer one by the sequence number.
+        self._order_reused = False
         # Tells this registry's cursors from another's (another process, a restart).
         self.epoch = _random_ids(1)[0][:8]
 
@@ -167,6 +171,7 @@ class Registry:
             del self._records[record.id]
             self._finished_count -= 1
             self._order_stale += 1
+            self._order_reused = True
             if len(self._finished) > 2 * self._finished_count + _STALE_SLACK:
                 self._drop_stale()
             if self._order_stale > (len(self._records) >> 3) + _ORDER_SLACK:
@@ -254,15 +259,19 @@ class Registry:
     def _compact_order(self) -> None:
         """Rebuild the paging order without the ids dropped from the dict."""
         records = self._records
+        order = self._order
         seqs = self._seqs
-        kept = [
-            (task_id, seqs[i])
-            for i, task_id in enumerate(self._order)
-            if _seq_of(records.get(task_id)) == seqs[i]
-        ]
-        self._order = [task_id for task_id, _ in kept]
-        self._seqs = array("q", (seq for _, seq in kept))
+        if self._order_reused:
+            keep = [
+                _seq_of(records.get(task_id)) == seqs[i]
+                for i, task_id in enumerate(order)
+            ]
+        else:  # each id is in the order once: a membership test is enough
+            keep = list(map(records.__contains__, order))
+        self._order = list(itertools.compress(order, keep))
+        self._seqs = array("q", itertools.compress(seqs, keep))
         self._order_stale = 0
+        self._order_reused = False
 
     def page(
         self, state: TaskState | None, limit: int | None, before: int | None
