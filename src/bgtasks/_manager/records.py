@@ -242,8 +242,10 @@ def _iso(moment: datetime | None) -> str | None:
 # finished task (see the module docstring), and what a snapshot decodes. The
 # outcome is the result (SUCCEEDED), the error's type name, with its message
 # as the detail (FAILED), or the cancel reason (CANCELLED); times are
-# time.time() floats; the state is its value; the last is the registry's
-# sequence number (tells a record from a newer one under a reused id).
+# time.time() floats; the state is its value. Each slot costs every kept
+# record 8 bytes (a retry time or a sequence number, an int or float object
+# each, would cost 32 more: a finished task waits for no retry, and the
+# registry keeps sequence numbers in an array).
 Finished = tuple[
     str,  # id
     str,  # name
@@ -257,12 +259,10 @@ Finished = tuple[
     str | None,  # progress message
     int,  # attempt
     bool,  # cancel requested
-    float | None,  # next attempt at (retry's wait)
-    int,  # sequence number
+    float | None,  # next attempt at (retry's wait): None once finished
 ]
 ID: Final = 0
 STATE: Final = 2
-SEQ: Final = 13
 
 _STATES = {state.value: state for state in TaskState}
 
@@ -505,7 +505,6 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
             self.cancel_requested,
             # A finished task waits for nothing (retry may not have cleared it).
             None if state in _FINISHED else self.retry_at,
-            self.seq,
         )
 
 

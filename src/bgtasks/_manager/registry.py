@@ -12,12 +12,13 @@ so a task's end rarely pays for a pruning pass. The clock reading at each
 finish sits beside the queue in an array of doubles: 8 bytes per record, where
 a float object on the record would take 32.
 
-For paging, the ids are also kept in a list in submission order beside an
+For paging, the entries are also kept in a list in submission order beside an
 array of sequence numbers (8 bytes each, no int object per record): a cursor
 holds a sequence number, so the next page starts by bisection wherever the
-tasks in between went. Ids dropped from the dict stay in that list until
-they are more than an eighth of it, then it is rebuilt (amortized O(1)); an
-entry whose sequence number differs was replaced under a reused id.
+tasks in between went, and a record that ends is found there by bisection to
+be replaced by its tuple. Entries dropped from the dict (or replaced under a
+reused id) stay in that list until they are more than an eighth of it, then it
+is rebuilt (amortized O(1)).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ..exceptions import TaskAlreadyExistsError
-from .records import ID, SEQ, STATE, Entry, Finished, TaskRecord, TaskState
+from .records import ID, STATE, Entry, Finished, TaskRecord, TaskState
 
 __all__ = ["TASK_ID_PATTERN", "Registry", "check_task_id"]
 
@@ -89,7 +90,6 @@ class Registry:
         "_finished_count",
         "_first_time",
         "_order",
-        "_order_reused",
         "_order_stale",
         "_records",
         "_seqs",
@@ -118,15 +118,11 @@ class Registry:
         self._first_time = 0
         self._finished_count = 0
         self._spare_ids: list[str] = []
-        # _seqs[i]: the sequence number of the id _order[i]; both in
-        # submission order.
-        self._order: list[str] = []
+        # _seqs[i]: the sequence number of _order[i]; both in submission order.
+        self._order: list[Entry] = []
         self._seqs = array("q")
         self._sequence = itertools.count()
         self._order_stale = 0
-        # An id was reused since the last compaction: its older entry in the
-        # paging order is told from the newer one by the sequence number.
-        self._order_reused = False
         # Tells this registry's cursors from another's (another process, a restart).
         self.epoch = _random_ids(1)[0][:8]
 
@@ -149,7 +145,7 @@ class Registry:
                 break
         record.id = task_id
         records[task_id] = record
-        self._order.append(task_id)
+        self._order.append(record)
         seq = record.seq = next(self._sequence)
         self._seqs.append(seq)
 
@@ -171,13 +167,12 @@ class Registry:
             del self._records[record.id]
             self._finished_count -= 1
             self._order_stale += 1
-            self._order_reused = True
             if len(self._finished) > 2 * self._finished_count + _STALE_SLACK:
                 self._drop_stale()
             if self._order_stale > (len(self._records) >> 3) + _ORDER_SLACK:
                 self._compact_order()
         self._records[record.id] = record
-        self._order.append(record.id)
+        self._order.append(record)
         seq = record.seq = next(self._sequence)
         self._seqs.append(seq)
 
@@ -204,9 +199,11 @@ class Registry:
         """Tell whether ``record`` (or its finished tuple) is stored under its id."""
         self.prune()
         entry = self._records.get(record.id)
-        return entry is record or (
-            isinstance(entry, tuple) and entry[SEQ] == record.seq
-        )
+        if entry is None or entry is record:
+            return entry is not None
+        # A tuple: this record's if it took the record's place in the order.
+        at = bisect_left(self._seqs, record.seq)
+        return at < len(self._order) and self._order[at] is entry
 
     def finished(self, record: TaskRecord, now: float) -> None:
         """Store a record that just ended at clock time ``now`` as its tuple, prune."""
@@ -214,6 +211,8 @@ class Registry:
         records = self._records
         if records.get(record.id) is record:  # pragma: no branch - always stored
             records[record.id] = entry  # same key: keeps its place in the dict
+            at = bisect_left(self._seqs, record.seq)
+            self._order[at] = entry  # active records are never compacted away
         self._finished.append(entry)
         times = self._finished_at
         times.append(now)
@@ -257,21 +256,24 @@ class Registry:
             self._compact_order()
 
     def _compact_order(self) -> None:
-        """Rebuild the paging order without the ids dropped from the dict."""
+        """Rebuild the paging order without the entries dropped from the dict."""
         records = self._records
         order = self._order
         seqs = self._seqs
-        if self._order_reused:
-            keep = [
-                _seq_of(records.get(task_id)) == seqs[i]
-                for i, task_id in enumerate(order)
-            ]
-        else:  # each id is in the order once: a membership test is enough
-            keep = list(map(records.__contains__, order))
-        self._order = list(itertools.compress(order, keep))
-        self._seqs = array("q", itertools.compress(seqs, keep))
+        # Retention drops the oldest first: usually the dropped ones are a
+        # prefix, cut in one go; only what follows is checked one by one.
+        start = 0
+        while start < len(order) and not _is_stored(records, order[start]):
+            start += 1
+        stale = self._order_stale - start
+        if stale > 0:
+            keep = [_is_stored(records, entry) for entry in order[start:]]
+            self._order = list(itertools.compress(order[start:], keep))
+            self._seqs = array("q", itertools.compress(seqs[start:], keep))
+        else:
+            del order[:start]
+            del seqs[:start]
         self._order_stale = 0
-        self._order_reused = False
 
     def page(
         self, state: TaskState | None, limit: int | None, before: int | None
@@ -296,8 +298,8 @@ class Registry:
         last = at
         while at:
             at -= 1
-            entry = records.get(order[at])
-            if entry is None or _seq_of(entry) != seqs[at]:
+            entry = order[at]
+            if not _is_stored(records, entry):
                 continue  # dropped, or its id reused by a newer record
             if state is not None and _state_of(entry) is not state:
                 continue
@@ -317,10 +319,9 @@ class Registry:
         return sum(1 for r in self._records.values() if _state_of(r) is state)
 
 
-def _seq_of(entry: Entry | None) -> int | None:
-    if entry is None:
-        return None
-    return entry.seq if isinstance(entry, TaskRecord) else entry[SEQ]
+def _is_stored(records: dict[str, Entry], entry: Entry) -> bool:
+    task_id = entry[ID] if isinstance(entry, tuple) else entry.id
+    return records.get(task_id) is entry
 
 
 def _state_of(entry: Entry) -> TaskState:
