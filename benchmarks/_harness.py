@@ -2,7 +2,8 @@
 
 Each figure is the median of several timed repeats after a warm-up that also
 calibrates the loop count (timeit's autorange idea, with a shorter target so the
-whole run stays within minutes). Micro-benchmarks run with the garbage collector
+whole run stays within minutes), shown with its spread over the repeats
+(min..max). Micro-benchmarks run with the garbage collector
 off during the timed loop, as ``timeit`` does; throughput and memory
 benchmarks keep it on, as an application would.
 """
@@ -73,6 +74,8 @@ class Row:
     status: str = ""  # "met", "MISSED", or "" when no goal applies
     note: str = ""
     error: str = ""  # set when the row could not run (e.g. code not written yet)
+    low: float | None = None  # the spread of ``value`` over the repeats, in ``unit``
+    high: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -213,6 +216,12 @@ def compare_sync(
     for i, values in samples.items():
         _summarize(built[i][0], values, 1e6)
     return [row for row, _ in built]
+
+
+def set_spread(row: Row, values: list[float]) -> None:
+    """Set ``row``'s value to the median of ``values``, and its spread (min..max)."""
+    row.value = statistics.median(values)
+    row.low, row.high = min(values), max(values)
 
 
 def compare_async(

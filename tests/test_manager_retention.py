@@ -163,9 +163,8 @@ async def test_finished_record_holds_no_arguments_or_frames() -> None:
         del payload
         gc.collect()
         assert ref() is None
-        record = manager._engine.registry.get(info.id)
-        assert record is not None
-        assert record.run is None
+        # Retention keeps a tuple of plain values, nothing of the run.
+        assert isinstance(manager._engine.registry.get(info.id), tuple)
     assert info.state == TaskState.FAILED
 
 

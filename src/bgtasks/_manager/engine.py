@@ -217,7 +217,8 @@ class Engine:
         with self.lock:
             record = self.registry.get(task_id)
         tg = self.tg
-        if record is not None and tg is not None and not record.state.is_finished:
+        # A finished task is stored as a tuple: only a record can be cancelled.
+        if isinstance(record, TaskRecord) and tg is not None:
             tg.start_soon(self.cancel_record, record)
 
     async def _wait_idle(self) -> None:
@@ -649,6 +650,9 @@ class Engine:
 
     async def wait_record(self, record: TaskRecord, limit: float | None) -> TaskInfo:
         """Wait until ``record`` is finished; return its final snapshot."""
+        info = record.info  # set once the record is final, then never changed
+        if info is not None:
+            return info
         with self.lock:
             if record.state.is_finished:
                 return record.snapshot()

@@ -31,7 +31,11 @@ class TaskHandle(RecordView, Generic[T_co]):
         Raises:
             TimeoutError: the task did not finish within ``timeout`` seconds.
         """
-        return await self._record.engine.wait_record(self._record, timeout)
+        record = self._record
+        info = record.info  # the final snapshot, once built: nothing to wait for
+        if info is not None:
+            return info
+        return await record.engine.wait_record(record, timeout)
 
     async def cancel(self) -> bool:
         """Ask the task to stop; False if it had already finished."""

@@ -22,7 +22,7 @@ from .engine import Engine
 from .events import Subscriber
 from .handle import TaskHandle
 from .paging import TaskList, decode_cursor, encode_cursor
-from .records import TaskInfo, TaskState
+from .records import TaskInfo, TaskRecord, TaskState, info_of_entry
 from .submit import capture
 
 __all__ = ["TaskContext", "TaskManager", "current_task"]
@@ -379,8 +379,8 @@ class TaskManager:
         """
         engine = self._engine
         with engine.lock:
-            record = engine.registry.get(task_id)
-            return None if record is None else record.snapshot()
+            entry = engine.registry.get(task_id)
+            return None if entry is None else info_of_entry(entry)
 
     def list(
         self,
@@ -431,8 +431,8 @@ class TaskManager:
             return TaskList()
         engine = self._engine
         with engine.lock:
-            records, next_seq = registry.page(wanted, limit, before)
-            infos = [record.snapshot() for record in records]
+            entries, next_seq = registry.page(wanted, limit, before)
+            infos = [info_of_entry(entry) for entry in entries]
         return TaskList(
             infos, None if next_seq is None else encode_cursor(registry.epoch, next_seq)
         )
@@ -457,9 +457,11 @@ class TaskManager:
         """
         engine = self._engine
         with engine.lock:
-            record = engine.registry.get(task_id)
-        if record is not None:
-            return await engine.cancel_record(record)
+            entry = engine.registry.get(task_id)
+        if isinstance(entry, TaskRecord):
+            return await engine.cancel_record(entry)
+        if entry is not None:
+            return False  # finished: retention keeps its tuple
         backend = engine.backend
         if backend is None or engine.link is None:
             return False
@@ -529,8 +531,8 @@ class TaskManager:
             registry = engine.registry
             fresh = [registry.get(info.id) for info in infos]
             infos = [
-                info if record is None else record.snapshot()
-                for info, record in zip(infos, fresh, strict=True)
+                info if entry is None else info_of_entry(entry)
+                for info, entry in zip(infos, fresh, strict=True)
             ]
         return TaskList(infos, cursor)
 
@@ -553,16 +555,18 @@ class TaskManager:
         """
         engine = self._engine
         with engine.lock:
-            record = engine.registry.get(task_id)
-        if record is None and engine.backend is not None and engine.link is not None:
+            entry = engine.registry.get(task_id)
+            if entry is not None and not isinstance(entry, TaskRecord):
+                return info_of_entry(entry)  # finished
+        if entry is None and engine.backend is not None and engine.link is not None:
             with anyio.fail_after(timeout):
                 return await self._poll(task_id)
-        if record is None:
+        if entry is None:
             raise TaskNotFoundError(
                 f"no task with id {task_id!r}: it never existed, or its record "
                 "was dropped by retention (max_finished / finished_ttl)."
             )
-        return await engine.wait_record(record, timeout)
+        return await engine.wait_record(entry, timeout)
 
     async def _poll(self, task_id: str) -> TaskInfo:
         """Wait for another worker's task by reading the backend, with backoff."""

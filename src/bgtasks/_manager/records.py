@@ -1,10 +1,14 @@
 """What the TaskManager knows about a task: states, snapshots and handles.
 
-A task lives as a slotted, mutable ``TaskRecord`` inside the manager; readers only
-ever see :class:`TaskInfo`, an immutable snapshot built under the manager's
-lock. A finished record keeps the id, name, state, times, outcome and progress:
-nothing that would keep the task's arguments, coroutine, frames or traceback
-alive.
+A task lives as a slotted, mutable ``TaskRecord`` inside the manager while it is
+active; readers only ever see :class:`TaskInfo`, an immutable snapshot built
+under the manager's lock. When the task ends, retention keeps it as a
+``Finished`` tuple instead: the id, name, state, times, outcome and progress,
+all atoms (str, float, int, bool, None) but the result. CPython's collector
+untracks such a tuple at its first pass, so a million kept records cost it
+nothing, where a million records (slotted objects pointing back at the engine)
+made every full collection walk them all. Nothing finished keeps the task's
+arguments, coroutine, frames or traceback alive.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import json
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Generic, Protocol
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol
 
 from typing_extensions import TypeVar
 
@@ -29,12 +34,15 @@ __all__ = [
     "RESPONSE_NOT_SENT",
     "SYNC",
     "Cancellable",
+    "Entry",
+    "Finished",
     "RecordView",
     "TaskError",
     "TaskInfo",
     "TaskRecord",
     "TaskState",
     "error_of",
+    "info_of_entry",
 ]
 
 # What a task returns: TaskInfo[T].result is a T (or None); unknown: Any.
@@ -110,8 +118,20 @@ def error_of(exc: BaseException) -> TaskError:
     return TaskError(type(exc).__qualname__, message)
 
 
+class _Coded:
+    """Where a snapshot made by the manager keeps its fields until they are read.
+
+    ``TaskInfo``'s fields are slots; one that the manager's snapshot left
+    unset is decoded from ``_coded`` (a ``Finished`` tuple) on first read
+    (``TaskInfo.__getattr__``), then read like any slot. Taking a snapshot
+    is then two stores, whatever is read of it later.
+    """
+
+    __slots__ = ("_coded",)
+
+
 @dataclass(frozen=True, slots=True)
-class TaskInfo(Generic[T_co]):
+class TaskInfo(_Coded, Generic[T_co]):
     """An immutable snapshot of one task, as ``TaskManager.get`` returns it.
 
     Generic in the task's return type: a ``TaskHandle[T]`` gives
@@ -154,6 +174,24 @@ class TaskInfo(Generic[T_co]):
     cancel_requested: bool
     cancel_reason: str | None = None
     next_attempt_at: datetime | None = None
+
+    if not TYPE_CHECKING:  # typed as absent, so a misspelt attribute stays an error
+
+        def __getattr__(self, name: str) -> object:
+            # Only reached for an unset slot: a field of a coded snapshot.
+            decode = _DECODE.get(name)
+            if decode is not None:
+                try:
+                    coded = object.__getattribute__(self, "_coded")
+                except AttributeError:
+                    pass
+                else:
+                    value = decode(coded)
+                    object.__setattr__(self, name, value)  # decoded once
+                    return value
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}"
+            )
 
     def to_dict(self, *, include_error_message: bool = True) -> dict[str, Any]:
         """Return a JSON-serializable dict of this snapshot.
@@ -198,6 +236,86 @@ class TaskInfo(Generic[T_co]):
 
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
+
+
+# A task's fields as plain values, in this order: what retention keeps of a
+# finished task (see the module docstring), and what a snapshot decodes. The
+# outcome is the result (SUCCEEDED), the error's type name, with its message
+# as the detail (FAILED), or the cancel reason (CANCELLED); times are
+# time.time() floats; the state is its value. Each slot costs every kept
+# record 8 bytes (a retry time or a sequence number, an int or float object
+# each, would cost 32 more: a finished task waits for no retry, and the
+# registry keeps sequence numbers in an array).
+Finished = tuple[
+    str,  # id
+    str,  # name
+    str,  # state value
+    float,  # created
+    float | None,  # started
+    float | None,  # finished
+    Any,  # outcome
+    str | None,  # detail
+    float | None,  # progress fraction
+    str | None,  # progress message
+    int,  # attempt
+    bool,  # cancel requested
+    float | None,  # next attempt at (retry's wait): None once finished
+]
+ID: Final = 0
+STATE: Final = 2
+
+_STATES = {state.value: state for state in TaskState}
+
+
+def _when(stamp: float | None) -> datetime | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc)
+
+
+def _result(coded: Finished) -> object:
+    return coded[6] if coded[2] == "succeeded" else None
+
+
+def _error(coded: Finished) -> TaskError | None:
+    return TaskError(coded[6], coded[7] or "") if coded[2] == "failed" else None
+
+
+def _reason(coded: Finished) -> object:
+    return coded[6] if coded[2] == "cancelled" else None
+
+
+# How each TaskInfo field is read from a Finished tuple.
+_DECODE: dict[str, Callable[[Finished], object]] = {
+    "id": itemgetter(0),
+    "name": itemgetter(1),
+    "state": lambda coded: _STATES[coded[2]],
+    "created_at": lambda coded: datetime.fromtimestamp(coded[3], timezone.utc),
+    "started_at": lambda coded: _when(coded[4]),
+    "finished_at": lambda coded: _when(coded[5]),
+    "result": _result,
+    "error": _error,
+    "progress": itemgetter(8),
+    "message": itemgetter(9),
+    "attempt": itemgetter(10),
+    "cancel_requested": itemgetter(11),
+    "cancel_reason": _reason,
+    "next_attempt_at": lambda coded: _when(coded[12]),
+}
+
+_new_info = object.__new__
+_set = object.__setattr__
+
+
+def info_of_entry(entry: Entry) -> TaskInfo:
+    """Snapshot what the registry stores: an active record or a finished tuple."""
+    if isinstance(entry, TaskRecord):
+        return entry.snapshot()
+    return _coded_info(entry)
+
+
+def _coded_info(coded: Finished) -> TaskInfo:
+    info: TaskInfo = _new_info(TaskInfo)
+    _set(info, "_coded", coded)  # each field is decoded when first read
+    return info
 
 
 class RecordView:
@@ -268,6 +386,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         "finished",
         "func",
         "id",
+        "info",
         "kwargs",
         "name",
         "outcome",
@@ -275,6 +394,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         "progress",
         "retry_at",
         "run",
+        "seq",
         "started",
         "state",
     )
@@ -309,6 +429,10 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         self.kwargs: dict[str, Any] | None = kwargs
         self.owner: object = owner
         self.run: Context | Cancellable | None = None
+        # The registry's sequence number, set when it stores the record.
+        self.seq = 0
+        # The final snapshot, built once when first asked for after the end.
+        self.info: TaskInfo | None = None
 
     def __await__(self) -> Generator[Any, None, object]:
         """Run the task through the manager (anyio's task handle awaits this)."""
@@ -350,30 +474,40 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
 
     def snapshot(self) -> TaskInfo:
         """Build the immutable view; call it with the manager's lock held."""
+        info = self.info
+        if info is None:
+            info = _coded_info(self.entry())
+            if self.state in _FINISHED:  # it never changes again: keep it
+                self.info = info
+        return info
+
+    def entry(self) -> Finished:
+        """Return the record's fields as a ``Finished`` tuple (lock held)."""
         state = self.state
         outcome = self.outcome
-        progress, message = self.progress or (None, None)
-        retry_at = self.retry_at
-        return TaskInfo(
-            id=self.id,
-            name=self.name,
-            state=state,
-            created_at=datetime.fromtimestamp(self.created, timezone.utc),
-            started_at=None
-            if self.started is None
-            else datetime.fromtimestamp(self.started, timezone.utc),
-            finished_at=None
-            if self.finished is None
-            else datetime.fromtimestamp(self.finished, timezone.utc),
-            result=outcome if state is TaskState.SUCCEEDED else None,
-            error=outcome if state is TaskState.FAILED else None,
-            progress=progress,
-            message=message,
-            attempt=self.attempt,
-            cancel_requested=self.cancel_requested,
-            cancel_reason=outcome if state is TaskState.CANCELLED else None,
+        detail = None
+        if state is TaskState.FAILED:
+            error: TaskError = outcome
+            outcome, detail = error.type, error.message
+        fraction, message = self.progress or (None, None)
+        return (
+            self.id,
+            self.name,
+            state.value,
+            self.created,
+            self.started,
+            self.finished,
+            outcome,
+            detail,
+            fraction,
+            message,
+            self.attempt,
+            self.cancel_requested,
             # A finished task waits for nothing (retry may not have cleared it).
-            next_attempt_at=None
-            if retry_at is None or state.is_finished
-            else datetime.fromtimestamp(retry_at, timezone.utc),
+            None if state in _FINISHED else self.retry_at,
         )
+
+
+# What the registry stores under an id: the record while the task is active,
+# then its Finished tuple.
+Entry = TaskRecord | Finished

@@ -1,6 +1,8 @@
 """The manager's bounded record store: O(1) lookup, retention by count and age.
 
-Records live in one dict by id, in submission order. Finished records are also
+Records live in one dict by id, in submission order: an active task's
+``TaskRecord``, replaced in place by its ``Finished`` tuple when it ends (see
+records.py: the collector need not walk what retention keeps). Finished records are also
 queued in finish order, so the oldest finished one is always at the front and
 retention drops it in O(1): finishing a task and reading the store both prune,
 so the store never holds more than ``max_finished`` finished records (plus the
@@ -10,11 +12,13 @@ so a task's end rarely pays for a pruning pass. The clock reading at each
 finish sits beside the queue in an array of doubles: 8 bytes per record, where
 a float object on the record would take 32.
 
-For paging, records are also kept in a list in submission order beside an
+For paging, the entries are also kept in a list in submission order beside an
 array of sequence numbers (8 bytes each, no int object per record): a cursor
 holds a sequence number, so the next page starts by bisection wherever the
-tasks in between went. Records dropped from the dict stay in that list until
-they are more than an eighth of it, then it is rebuilt (amortized O(1)).
+tasks in between went, and a record that ends is found there by bisection to
+be replaced by its tuple. Entries dropped from the dict (or replaced under a
+reused id) stay in that list until they are more than an eighth of it, then it
+is rebuilt (amortized O(1)).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ..exceptions import TaskAlreadyExistsError
-from .records import TaskRecord, TaskState
+from .records import ID, STATE, Entry, Finished, TaskRecord, TaskState
 
 __all__ = ["TASK_ID_PATTERN", "Registry", "check_task_id"]
 
@@ -107,15 +111,15 @@ class Registry:
         self.prune_above = max_finished + max_finished // 16
         self.ttl = ttl
         self.clock = clock
-        self._records: dict[str, TaskRecord] = {}
-        self._finished: deque[TaskRecord] = deque()
+        self._records: dict[str, Entry] = {}
+        self._finished: deque[Finished] = deque()
         # _finished_at[_first_time + i]: the clock when _finished[i] ended.
         self._finished_at = array("d")
         self._first_time = 0
         self._finished_count = 0
         self._spare_ids: list[str] = []
         # _seqs[i]: the sequence number of _order[i]; both in submission order.
-        self._order: list[TaskRecord] = []
+        self._order: list[Entry] = []
         self._seqs = array("q")
         self._sequence = itertools.count()
         self._order_stale = 0
@@ -142,7 +146,8 @@ class Registry:
         record.id = task_id
         records[task_id] = record
         self._order.append(record)
-        self._seqs.append(next(self._sequence))
+        seq = record.seq = next(self._sequence)
+        self._seqs.append(seq)
 
     def add(self, record: TaskRecord) -> None:
         """Store ``record``; a finished record with the same id is replaced.
@@ -152,7 +157,7 @@ class Registry:
         """
         old = self._records.get(record.id)
         if old is not None:
-            if not old.state.is_finished:
+            if isinstance(old, TaskRecord):  # stored, not finished: active
                 raise TaskAlreadyExistsError(
                     f"task id {record.id!r} belongs to a task that is still "
                     f"{old.state.value}; wait for it or cancel it first, or use "
@@ -168,7 +173,8 @@ class Registry:
                 self._compact_order()
         self._records[record.id] = record
         self._order.append(record)
-        self._seqs.append(next(self._sequence))
+        seq = record.seq = next(self._sequence)
+        self._seqs.append(seq)
 
     def _drop_stale(self) -> None:
         """Rebuild the finish queue without the records replaced by reused ids."""
@@ -176,27 +182,38 @@ class Registry:
         times = self._finished_at
         first = self._first_time
         kept = [
-            (record, times[first + i])
-            for i, record in enumerate(self._finished)
-            if records.get(record.id) is record
+            (entry, times[first + i])
+            for i, entry in enumerate(self._finished)
+            if records.get(entry[ID]) is entry
         ]
-        self._finished = deque(record for record, _ in kept)
+        self._finished = deque(entry for entry, _ in kept)
         self._finished_at = array("d", (at for _, at in kept))
         self._first_time = 0
 
-    def get(self, task_id: str) -> TaskRecord | None:
-        """Return the record for ``task_id`` after pruning, or None."""
+    def get(self, task_id: str) -> Entry | None:
+        """Return the record (or finished tuple) for ``task_id`` after pruning."""
         self.prune()
         return self._records.get(task_id)
 
     def is_stored(self, record: TaskRecord) -> bool:
-        """Tell whether ``record`` is still the one stored under its id."""
+        """Tell whether ``record`` (or its finished tuple) is stored under its id."""
         self.prune()
-        return self._records.get(record.id) is record
+        entry = self._records.get(record.id)
+        if entry is None or entry is record:
+            return entry is not None
+        # A tuple: this record's if it took the record's place in the order.
+        at = bisect_left(self._seqs, record.seq)
+        return at < len(self._order) and self._order[at] is entry
 
     def finished(self, record: TaskRecord, now: float) -> None:
-        """Queue a record that just ended at clock time ``now``, then prune."""
-        self._finished.append(record)
+        """Store a record that just ended at clock time ``now`` as its tuple, prune."""
+        entry = record.entry()
+        records = self._records
+        if records.get(record.id) is record:  # pragma: no branch - always stored
+            records[record.id] = entry  # same key: keeps its place in the dict
+            at = bisect_left(self._seqs, record.seq)
+            self._order[at] = entry  # active records are never compacted away
+        self._finished.append(entry)
         times = self._finished_at
         times.append(now)
         self._finished_count += 1
@@ -219,12 +236,12 @@ class Registry:
         cutoff = None if ttl is None else (self.clock() if now is None else now) - ttl
         while queue:
             oldest = queue[0]
-            if records.get(oldest.id) is not oldest:
+            if records.get(oldest[ID]) is not oldest:
                 pass  # replaced by a reused id: already counted out
             elif self._finished_count > self.max_finished or (
                 cutoff is not None and times[first] <= cutoff
             ):
-                del records[oldest.id]
+                del records[oldest[ID]]
                 self._finished_count -= 1
                 self._order_stale += 1
             else:
@@ -239,21 +256,28 @@ class Registry:
             self._compact_order()
 
     def _compact_order(self) -> None:
-        """Rebuild the paging order without the records dropped from the dict."""
+        """Rebuild the paging order without the entries dropped from the dict."""
         records = self._records
+        order = self._order
         seqs = self._seqs
-        kept = [
-            (record, seqs[i])
-            for i, record in enumerate(self._order)
-            if records.get(record.id) is record
-        ]
-        self._order = [record for record, _ in kept]
-        self._seqs = array("q", (seq for _, seq in kept))
+        # Retention drops the oldest first: usually the dropped ones are a
+        # prefix, cut in one go; only what follows is checked one by one.
+        start = 0
+        while start < len(order) and not _is_stored(records, order[start]):
+            start += 1
+        stale = self._order_stale - start
+        if stale > 0:
+            keep = [_is_stored(records, entry) for entry in order[start:]]
+            self._order = list(itertools.compress(order[start:], keep))
+            self._seqs = array("q", itertools.compress(seqs[start:], keep))
+        else:
+            del order[:start]
+            del seqs[:start]
         self._order_stale = 0
 
     def page(
         self, state: TaskState | None, limit: int | None, before: int | None
-    ) -> tuple[list[TaskRecord], int | None]:
+    ) -> tuple[list[Entry], int | None]:
         """Return stored records newest first, and where the next page starts.
 
         Args:
@@ -269,27 +293,36 @@ class Registry:
         records = self._records
         order = self._order
         seqs = self._seqs
-        found: list[TaskRecord] = []
+        found: list[Entry] = []
         at = len(order) if before is None else bisect_left(seqs, before)
         last = at
         while at:
             at -= 1
-            record = order[at]
-            if records.get(record.id) is not record:
+            entry = order[at]
+            if not _is_stored(records, entry):
                 continue  # dropped, or its id reused by a newer record
-            if state is not None and record.state is not state:
+            if state is not None and _state_of(entry) is not state:
                 continue
             if limit is not None and len(found) == limit:
                 return found, seqs[last]
-            found.append(record)
+            found.append(entry)
             last = at
         return found, None
 
     def active(self) -> list[TaskRecord]:
         """Return the records that are PENDING or RUNNING, oldest first."""
         # Active records are never pruned, so they are all in the dict.
-        return [r for r in self._records.values() if not r.state.is_finished]
+        return [r for r in self._records.values() if isinstance(r, TaskRecord)]
 
     def count(self, state: TaskState) -> int:
         """Count the stored records in ``state`` (O(n); for tests and stats)."""
-        return sum(1 for r in self._records.values() if r.state is state)
+        return sum(1 for r in self._records.values() if _state_of(r) is state)
+
+
+def _is_stored(records: dict[str, Entry], entry: Entry) -> bool:
+    task_id = entry[ID] if isinstance(entry, tuple) else entry.id
+    return records.get(task_id) is entry
+
+
+def _state_of(entry: Entry) -> TaskState:
+    return entry.state if isinstance(entry, TaskRecord) else TaskState(entry[STATE])
