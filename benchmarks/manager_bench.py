@@ -430,6 +430,8 @@ def _tracked_add_task(report: Report, cfg: Config) -> None:
                 row = rows[name]
                 assert row.overhead is not None
                 judge(row, "<= 5 µs per task over plain", row.overhead <= 5.0)
+
+
 def run_wait(report: Report, cfg: Config) -> None:
     """Rows 4c: µs per ``await handle.wait()`` (and friends) on a finished task.
 
