@@ -37,6 +37,9 @@ class _FakeTask:
 
     id = "task-7"
 
+    def owns_retry(self, func: object) -> bool:  # pragma: no cover
+        return True
+
     def record_attempt(self, attempt: int) -> None: ...  # pragma: no cover
 
     def record_retry_wait(self, until: float) -> None: ...  # pragma: no cover

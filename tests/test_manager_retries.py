@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import anyio
+import anyio.from_thread
 import pytest
 
-from bgtasks import TaskInfo, TaskManager, TaskState, current_task
+from bgtasks import TaskInfo, TaskManager, TaskState, current_task, logged, retry
 from bgtasks._context import running_task_var
+from bgtasks.backoff import fixed
 
 pytestmark = pytest.mark.anyio
 
@@ -61,3 +63,58 @@ async def test_a_finished_task_waits_for_nothing(ends: str) -> None:
     assert final.state in {TaskState.SUCCEEDED, TaskState.FAILED}
     assert (final.next_attempt_at, final.to_dict()["next_attempt_at"]) == (None, None)
     assert late == final
+
+
+@retry(attempts=3, backoff=fixed(0))
+async def _send_one(failures: list[int]) -> None:
+    """A retried helper: fails while ``failures`` has items."""
+    if failures:
+        failures.pop()
+        raise ConnectionError("try again")
+
+
+async def test_a_retried_helper_leaves_the_task_s_attempt_alone() -> None:
+    """A task without retry calling a retried helper stays on attempt 1."""
+    seen: list[int] = []
+
+    async def broadcast() -> None:
+        for _ in range(3):
+            await _send_one([1, 1])  # two failed attempts each time
+        seen.append(current_task().attempt)
+
+    async with TaskManager() as manager:
+        info = await manager.spawn(broadcast).wait(timeout=5)
+    assert (info.state, info.attempt, info.next_attempt_at) == (
+        TaskState.SUCCEEDED,
+        1,
+        None,
+    )
+    assert seen == [1]
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_the_task_s_own_retry_counts_not_its_helpers(kind: str) -> None:
+    """The task's own retry layer reports; the helper's retries inside do not."""
+    outer = [1]  # the task's own first attempt fails once
+
+    @retry(attempts=2, backoff=fixed(0))
+    @logged
+    async def notify() -> None:
+        await _send_one([1, 1])
+        if outer:
+            outer.pop()
+            raise ConnectionError("again")
+
+    @retry(attempts=2, backoff=fixed(0))
+    def notify_sync() -> None:
+        anyio.from_thread.run(_send_one, [1, 1])
+        if outer:
+            outer.pop()
+            raise ConnectionError("again")
+
+    async with TaskManager(log_failures=False) as manager:
+        handle = (
+            manager.spawn(notify) if kind == "async" else manager.spawn(notify_sync)
+        )
+        info = await handle.wait(timeout=5)
+    assert (info.state, info.attempt) == (TaskState.SUCCEEDED, 2)

@@ -330,6 +330,9 @@ async def test_running_task_hears_each_retry_attempt(make: Any) -> None:
         id = "t1"
         attempts: list[int] = []  # noqa: RUF012
 
+        def owns_retry(self, func: object) -> bool:
+            return True
+
         def record_attempt(self, attempt: int) -> None:
             self.attempts.append(attempt)
 

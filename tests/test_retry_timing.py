@@ -354,6 +354,9 @@ class RecordingTask:
     def __init__(self) -> None:
         self.calls: list[tuple[str, float]] = []
 
+    def owns_retry(self, func: object) -> bool:
+        return True
+
     def record_attempt(self, attempt: int) -> None:
         self.calls.append(("attempt", attempt))
 

@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 __all__ = [
     "IDEMPOTENT_MARKER",
     "LOGGED_MARKER",
+    "RETRY_MARKER",
     "DuplicateOutcome",
     "RunningTask",
     "attempt_var",
@@ -27,6 +28,15 @@ class RunningTask(Protocol):
     @property
     def id(self) -> str:
         """The task's id, as the manager reports it."""
+        ...
+
+    def owns_retry(self, func: object) -> bool:
+        """Tell whether the ``bgtasks.retry`` layer around ``func`` is the task's.
+
+        Only the outermost retry layer of the task's own function reports its
+        attempts and waits (``RETRY_MARKER`` names it): a retried helper the
+        task's body calls leaves the task's attempt alone.
+        """
         ...
 
     def record_attempt(self, attempt: int) -> None:
@@ -46,6 +56,11 @@ class RunningTask(Protocol):
 # decorators above it: the TaskManager does not log a failure such a function
 # has logged already, so one failure makes one ERROR record.
 LOGGED_MARKER = "__bgtasks_logged__"
+
+# Set on every ``retry`` wrapper to the function it wraps, and copied by the
+# decorators above it (the outermost retry's wins): a managed task's attempt and
+# next attempt time are its own retry layer's, never those of a helper it calls.
+RETRY_MARKER = "__bgtasks_retry__"
 
 # Set by the TaskManager around the execution of each managed task.
 running_task_var: ContextVar[RunningTask | None] = ContextVar(

@@ -22,6 +22,7 @@ import anyio.lowlevel
 from typing_extensions import ParamSpec
 
 from ._backoff import exponential
+from ._context import RETRY_MARKER
 from ._deadline import in_worker_thread, may_stop, remaining, stop_if_due
 from ._retry_policy import RetryEvent, RetryPolicy, RetryRun
 from ._wrap import callable_name, is_async_callable, wrap_same_kind
@@ -120,6 +121,8 @@ def retry(
             sync=functools.partial(_make_sync, policy),
             async_=functools.partial(_make_async, policy),
         )
+        # The wrapped function identifies this layer (outer decorators copy it).
+        wrapped.__dict__[RETRY_MARKER] = func
         return cast("Callable[P, T]", wrapped)
 
     return decorate
@@ -145,7 +148,7 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
                     raise
                 error = exc
             try:
-                run = RetryRun(policy, name, None, error, _NO_RESULT)
+                run = RetryRun(policy, name, None, error, _NO_RESULT, func)
                 return _retry_sync(run, func, args, kwargs)
             finally:
                 del error  # no exception -> traceback -> frame cycle
@@ -168,7 +171,7 @@ def _make_sync(policy: RetryPolicy, func: Callable[..., Any]) -> Callable[..., A
                 return result
             error = None
         try:
-            run = RetryRun(policy, name, start, error, result)
+            run = RetryRun(policy, name, start, error, result, func)
             return _retry_sync(run, func, args, kwargs)
         finally:
             del error  # no exception -> traceback -> frame cycle
@@ -192,7 +195,7 @@ def _make_async(
                     raise
                 error = exc
             try:
-                run = RetryRun(policy, name, None, error, _NO_RESULT)
+                run = RetryRun(policy, name, None, error, _NO_RESULT, func)
                 return await _retry_async(run, func, args, kwargs)
             finally:
                 del error  # no exception -> traceback -> frame cycle
@@ -215,7 +218,7 @@ def _make_async(
                 return result
             error = None
         try:
-            run = RetryRun(policy, name, start, error, result)
+            run = RetryRun(policy, name, start, error, result, func)
             return await _retry_async(run, func, args, kwargs)
         finally:
             del error  # no exception -> traceback -> frame cycle

@@ -235,13 +235,14 @@ class RetryRun:
         "token",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built once per failing call: no options object
         self,
         policy: RetryPolicy,
         name: str,
         start: float | None,
         error: Exception | None,
         result: object,
+        func: object,
     ) -> None:
         self.policy = policy
         self.name = name
@@ -259,7 +260,10 @@ class RetryRun:
         self.recorder: RetryRecorder | None = instant_var.get()
         self.skipped = 0.0  # waits skipped under instant_retries count as slept
         # Read once: every attempt of this call runs in the task it started in.
-        self.task = running_task_var.get()
+        # Only the task's own retry layer (``func`` is what it wraps) reports
+        # to it, not a retried helper the task calls.
+        task = running_task_var.get()
+        self.task = task if task is not None and task.owns_retry(func) else None
         # Read once too: a silenced logger costs no message, no extra, no record.
         self.logging = policy.logger.isEnabledFor(logging.WARNING)
         # Whether anything reads the time a retry happens at.

@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol
 
 from typing_extensions import TypeVar
 
+from .._context import RETRY_MARKER
+from .._wrap import unwrap_partial
+
 if TYPE_CHECKING:
     from contextvars import Context
 
@@ -393,6 +396,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         "owner",
         "progress",
         "retry_at",
+        "retry_owner",
         "run",
         "seq",
         "started",
@@ -423,6 +427,8 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         self.attempt = 1
         # When retry's next attempt starts, while it waits (time.time()).
         self.retry_at: float | None = None
+        # What the function's own outermost retry layer wraps, if it has one.
+        self.retry_owner: object = getattr(unwrap_partial(func), RETRY_MARKER, None)
         self.cancel_requested = False
         self.func: Callable[..., Any] | None = func
         self.args: tuple[Any, ...] = args
@@ -451,6 +457,10 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
 
         anyio closes a coroutine it is given but cannot start.
         """
+
+    def owns_retry(self, func: object) -> bool:
+        """Whether the retry layer around ``func`` is the task's (RunningTask API)."""
+        return func is self.retry_owner is not None
 
     def record_attempt(self, attempt: int) -> None:
         """Record the attempt ``bgtasks.retry`` is starting (RunningTask API)."""
