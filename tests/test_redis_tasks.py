@@ -353,12 +353,20 @@ async def test_redis_down_then_back(
             started = time.monotonic()
             with pytest.raises(BackendUnavailableError) as caught:
                 await mirror.get("a")
-            assert time.monotonic() - started < timeout + 0.2
+            # Bounded by the timeout (generously: a loaded machine is slow), not
+            # by the operating system's connection timeout.
+            assert time.monotonic() - started < timeout + 1.5
             assert isinstance(caught.value, BgTasksError)
             _create(mirror, "a")
-            await anyio.sleep(0.1)  # several failed heartbeats and flushes
-            lost = [r for r in records if "lost Redis" in r.getMessage()]
-            assert len(lost) == 1
+
+            def lost() -> int:
+                return sum("lost Redis" in r.getMessage() for r in records)
+
+            with anyio.fail_after(5):
+                while not lost():
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)  # several more failed heartbeats and flushes
+            assert lost() == 1  # said once per outage
             private_redis.restart()
             with anyio.fail_after(5):
                 while True:
@@ -366,7 +374,10 @@ async def test_redis_down_then_back(
                         if await mirror.get("a") is not None:
                             break
                     await anyio.sleep(0.01)
-            assert any("reached Redis again" in r.getMessage() for r in records)
+                # The write is visible a moment before its writer, resumed
+                # after the read, says contact is back.
+                while not any("reached Redis again" in r.getMessage() for r in records):
+                    await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
 
 
