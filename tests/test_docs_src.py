@@ -196,7 +196,7 @@ def test_step03_logs_each_notification(
     assert [level for level, _ in messages] == ["INFO", "WARNING", "INFO"]
     assert messages[0][1] == "write_notification started"
     assert messages[1][1].startswith(
-        "bgtasks.retry: write_notification attempt 1 failed (ConnectionError: 421"
+        "bgtasks.retry: write_notification attempt 1 failed (ConnectionError); "
     )
     assert re.fullmatch(r"write_notification succeeded in \d+\.\d{3} s", messages[2][1])
     assert not any("foo@example.com" in message for _, message in messages)

@@ -387,13 +387,13 @@ class RetryRun:
         )
 
     def _log(self) -> None:
-        # Type and message only: argument values may hold emails or tokens.
+        # The exception's type only: its message (like the arguments) may hold
+        # an email or a token. An on_retry hook gets the exception itself.
         exception = self.error
         if exception is None:
             cause = "its result was rejected by retry_if"
         else:
-            message = str(exception)
-            cause = type(exception).__qualname__ + (f": {message}" if message else "")
+            cause = type(exception).__qualname__
         self.policy.logger.warning(
             "bgtasks.retry: %s attempt %d failed (%s); retrying in %.3gs",
             self.name,
