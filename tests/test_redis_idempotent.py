@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 
 import anyio
@@ -20,6 +17,7 @@ from bgtasks.exceptions import (
     RecordSerializationError,
 )
 from bgtasks.redis import RedisStore
+from processes import run_together
 from redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -247,22 +245,9 @@ def test_two_processes_run_the_decorated_body_once(
     redis_url: str, redis_prefix: str
 ) -> None:
     """200 decorated duplicates over two processes: one body, everyone its result."""
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, redis_url, redis_prefix, backend, "100"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for backend in ("asyncio", "trio")
-    ]
-    for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
     # The lease is 120 s: ending within the 30 s bound means the waiters were
     # woken across processes, not released by the lease running out.
-    reports = [json.loads(worker.communicate(timeout=30)[0]) for worker in workers]
+    reports = run_together(_WORKER, redis_url, redis_prefix, "100", timeout=30)
     outcomes = [o for report in reports for o in report["outcomes"]]
     assert outcomes.count("ran") == 1
     runner = next(r["pid"] for r in reports if "ran" in r["outcomes"])

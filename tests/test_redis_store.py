@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from bgtasks.exceptions import (
     RecordSerializationError,
 )
 from bgtasks.redis import JSONSerializer, RedisStore
+from processes import run_together
 from redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -593,22 +592,9 @@ def test_two_processes_run_one_body_and_share_its_result(
     redis_url: str, redis_prefix: str
 ) -> None:
     """200 duplicates over two processes: one runs, the rest get its result fast."""
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, redis_url, redis_prefix, backend, "100"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for backend in ("asyncio", "trio")
-    ]
-    for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
     # The lease is 120 s: ending within the 30 s bound means the waiters were
     # woken across processes, not released by the lease running out.
-    reports = [json.loads(worker.communicate(timeout=30)[0]) for worker in workers]
+    reports = run_together(_WORKER, redis_url, redis_prefix, "100", timeout=30)
     outcomes = [o for report in reports for o in report["outcomes"]]
     assert outcomes.count("ran") == 1
     runner = next(r["pid"] for r in reports if "ran" in r["outcomes"])
