@@ -48,9 +48,12 @@ if kept == -1 then
 else
   redis.call('SET', KEYS[2], fence, 'PX', math.max(kept, lease))
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 's', 'run', 'o', ARGV[1], 'f', fence)
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'p', ARGV[3]) end
+if s[1] then redis.call('DEL', KEYS[1]) end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 's', 'run', 'o', ARGV[1], 'f', fence, 'p', ARGV[3])
+else
+  redis.call('HSET', KEYS[1], 's', 'run', 'o', ARGV[1], 'f', fence)
+end
 redis.call('PEXPIRE', KEYS[1], lease)
 return {1, fence}
 """
@@ -64,8 +67,11 @@ local s = redis.call('HMGET', KEYS[1], 's', 'o', 'f')
 if s[1] == 'done' and s[3] == ARGV[2] then return 1 end
 if s[1] ~= 'run' or s[2] ~= ARGV[1] or s[3] ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 's', 'done', 'f', ARGV[2], ARGV[5], ARGV[6])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'p', ARGV[4]) end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 's', 'done', 'f', ARGV[2], ARGV[5], ARGV[6], 'p', ARGV[4])
+else
+  redis.call('HSET', KEYS[1], 's', 'done', 'f', ARGV[2], ARGV[5], ARGV[6])
+end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)

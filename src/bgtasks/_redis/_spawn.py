@@ -12,10 +12,12 @@ on a trio loop).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import anyio.lowlevel
 
@@ -24,9 +26,29 @@ __all__ = ["call_soon_threadsafe", "current_loop", "spawn_system_task"]
 
 def current_loop() -> object:
     """Return the running loop's own handle (an asyncio loop, a trio token)."""
-    token = anyio.lowlevel.current_token()
+    # Every Redis call asks, so the common cases are answered directly, the way
+    # anyio tells its backends apart (sniffio when present, else asyncio): a
+    # tenth of anyio.lowlevel.current_token(), which wraps the native handle.
+    sniffio = sys.modules.get("sniffio")
+    library = "asyncio" if sniffio is None else _library(sniffio)
+    if library == "asyncio":
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+    elif library == "trio":
+        # Imported already: sniffio said trio runs.
+        return sys.modules["trio"].lowlevel.current_trio_token()
+    token = anyio.lowlevel.current_token()  # none running: anyio's own error
     # anyio >= 4.11 wraps the native token; older releases return it bare.
     return getattr(token, "native_token", token)
+
+
+def _library(sniffio: Any) -> str | None:
+    try:
+        return cast("str", sniffio.current_async_library())
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
 
 
 def spawn_system_task(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -21,7 +21,6 @@ import coredis
 import coredis.client
 import coredis.exceptions
 import coredis.retry
-from coredis.commands import Script
 
 from .._idempotency.stores import ClaimResult, IdempotencyRecord
 from .._idempotency.waiting import board
@@ -61,25 +60,6 @@ class _Listener:
         self.subscribed = anyio.Event()
         self.scope = anyio.CancelScope()
         self.users = 0
-
-
-def _evaluate(
-    script: Script[bytes], keys: tuple[str, ...], args: tuple[str | int | bytes, ...]
-) -> Callable[[coredis.Redis[bytes]], Awaitable[object]]:
-    """Return a call of ``script``: EVALSHA, loading the script once on NOSCRIPT.
-
-    Plain ``evalsha`` rather than calling the ``Script``: its retry and
-    transform wrappers cost about as much as a tenth of the round trip.
-    """
-
-    async def call(client: coredis.Redis[bytes]) -> object:
-        try:
-            return await client.evalsha(script.sha, keys, args)
-        except coredis.exceptions.NoScriptError:  # a new or restarted server
-            await client.script_load(script.script)
-            return await client.evalsha(script.sha, keys, args)
-
-    return call
 
 
 def _ms(seconds: float) -> int:
@@ -234,16 +214,25 @@ class RedisStore:
             )
 
         target = _verified_tls(url)
+        seconds = _check_timeout(timeout)
+        # The client bounds connecting and each reply by ``timeout`` itself, so
+        # a call needs no cancel scope of ours; unless the URL sets its own.
+        query = {name for name, _ in parse_qsl(urlsplit(url).query)}
+        bounded = not {"connect_timeout", "stream_timeout"} & query
 
         def factory() -> coredis.Redis[bytes]:
             client = coredis.Redis.from_url(
-                target, decode_responses=False, retry_policy=_RETRY
+                target,
+                decode_responses=False,
+                retry_policy=_RETRY,
+                connect_timeout=seconds,
+                stream_timeout=seconds,
             )
             return close_streams_on_exit(client)
 
         factory()  # a malformed URL fails here, at construction, not on first use
         store = cls.__new__(cls)
-        store._setup(factory, None, prefix, timeout, serializer, _where(url))
+        store._setup(factory, None, prefix, seconds, serializer, _where(url), bounded)
         return store
 
     def _setup(  # noqa: PLR0917 - private, called twice, by position
@@ -254,6 +243,7 @@ class RedisStore:
         timeout: float,
         serializer: Serializer | None,
         where: str,
+        bounded: bool = False,
     ) -> None:
         self._prefix = _check_prefix(prefix)
         self._serializer = (
@@ -264,6 +254,7 @@ class RedisStore:
             client=cast("coredis.Redis[bytes] | None", client),
             timeout=_check_timeout(timeout),
             where=where,
+            bounded=bounded,
         )
         self._channel = f"{self._prefix}:idem:landed"
         self._listeners: dict[object, _Listener] = {}
@@ -307,10 +298,7 @@ class RedisStore:
         """
         keys = self.keys_of(key)
         args = (owner, _ms(lease), _fingerprint_arg(fingerprint))
-        reply = cast(
-            "list[Any]",
-            await self._connector.call(_evaluate(CLAIM, keys, args)),
-        )
+        reply = cast("list[Any]", await self._connector.script(CLAIM, keys, args))
         kind = reply[0]
         if kind == 1:
             return ClaimResult("claimed", fence=int(reply[1]))
@@ -376,7 +364,7 @@ class RedisStore:
             key,
         )
         try:
-            done: object = await self._connector.call(_evaluate(COMPLETE, keys, args))
+            done: object = await self._connector.script(COMPLETE, keys, args)
         finally:
             board.land(self, key)
         return done == 1
@@ -390,9 +378,7 @@ class RedisStore:
         state = self.keys_of(key)[0]
         args = (owner, str(fence), self._channel, key)
         try:
-            done: object = await self._connector.call(
-                _evaluate(RELEASE, (state,), args)
-            )
+            done = await self._connector.script(RELEASE, (state,), args)
         finally:
             board.land(self, key)
         return done == 1
@@ -421,7 +407,7 @@ class RedisStore:
         state = self.keys_of(key)[0]
         args = (self._channel, key)
         try:
-            await self._connector.call(_evaluate(FORGET, (state,), args))
+            await self._connector.script(FORGET, (state,), args)
         finally:
             board.land(self, key)
 
