@@ -508,9 +508,17 @@ async def test_wait_ends_quietly_when_redis_is_gone(
     await store.aclose()
 
 
-async def test_a_frozen_redis_times_out(private_redis: RedisServer) -> None:
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("", id="the-client-bounds-each-call"),
+        # The URL's own (longer) timeouts: the store's deadline still holds.
+        pytest.param("?stream_timeout=30&connect_timeout=30", id="the-store-bounds-it"),
+    ],
+)
+async def test_a_frozen_redis_times_out(private_redis: RedisServer, query: str) -> None:
     """A server that stops answering costs one timeout, then works once it resumes."""
-    store = RedisStore.from_url(private_redis.url, prefix="p", timeout=0.1)
+    store = RedisStore.from_url(private_redis.url + query, prefix="p", timeout=0.1)
     await claim(store, "f:k", "a")
     private_redis.pause()
     start = time.monotonic()
