@@ -1222,3 +1222,46 @@ async def test_a_custom_async_store_runs_once_and_wakes_waiters() -> None:
         assert await anyio.to_thread.run_sync(sync_task) == 4
     assert (results, runs) == ([4, 4], [1])
     assert store.calls.count("complete") == 1
+
+
+def test_a_memorystore_subclass_overriding_get_now_is_asked_on_hits() -> None:
+    """Hits read a MemoryStore's entries directly, unless get_now is overridden."""
+    asked: list[str] = []
+
+    class Counting(MemoryStore):
+        __slots__ = ()
+
+        def get_now(self, key: str) -> IdempotencyRecord | None:
+            asked.append(key)
+            return super().get_now(key)
+
+    @idempotent(key="k:{n}", store=Counting())
+    def one(n: int) -> int:
+        return n
+
+    assert one(1) == 1
+    assert one(1) == 1
+    assert asked == [f"{__name__}.{one.__qualname__}:k:1"] * 2
+
+
+def test_one_field_key_formats_exactly_like_str_format(store: MemoryStore) -> None:
+    """The one-field template key equals str.format's, __format__ overrides included."""
+
+    class Odd(int):
+        def __format__(self, spec: str) -> str:
+            return f"odd<{spec}>"
+
+    @idempotent(key="a{n}b", store=store, namespace="f")
+    def plain(n: object) -> object:
+        return n
+
+    @idempotent(key="{n:>4}", store=store, namespace="g")
+    def spec(n: object) -> object:
+        return n
+
+    for value in (Odd(3), 7, "x", True, 1.5):
+        plain(value)
+        spec(value)
+        for namespace, template in (("f", "a{n}b"), ("g", "{n:>4}")):
+            key = f"{namespace}:" + template.format(n=value)
+            assert store.get_now(key) is not None

@@ -227,7 +227,7 @@ def _compiled_key(
             try:
                 if convert is not None:
                     value = convert(value)
-                key += format(value, spec) + following
+                key += f"{value:{spec}}{following}"  # format(value, spec), no call
             except Exception as exc:
                 raise fail(exc) from exc
         return key
@@ -256,7 +256,8 @@ def _one_field_key(
         try:
             if convert is not None:
                 value = convert(value)
-            return head + format(value, spec) + following
+            # An f-string field is format(value, spec), without the call to format.
+            return f"{head}{value:{spec}}{following}"
         except Exception as exc:
             raise fail(exc) from exc
 

@@ -33,7 +33,13 @@ from ..exceptions import (
     RecordSerializationError,
 )
 from .keys import KeyFunction
-from .stores import ClaimResult, IdempotencyRecord, IdempotencyStore, LocalStore
+from .stores import (
+    ClaimResult,
+    IdempotencyRecord,
+    IdempotencyStore,
+    LocalStore,
+    Recorded,
+)
 from .waiting import LoopWaiters, board
 
 _E = TypeVar("_E", bound=BaseException)
@@ -139,7 +145,7 @@ class Policy:
         self.reporting = False
         self.start_reporting: Callable[[], None] = _no_op
 
-    def replay(self, record: IdempotencyRecord | None, fingerprint: str | None) -> Any:
+    def replay(self, record: Recorded | None, fingerprint: str | None) -> Any:
         """Return (or raise) a completed key's recorded outcome."""
         if record is None:
             raise TypeError(
