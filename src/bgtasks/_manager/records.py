@@ -508,7 +508,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         return (
             self.id,
             self.name,
-            state.value,
+            state._value_,  # the same str; .value is a Python-level property
             self.created,
             self.started,
             self.finished,
