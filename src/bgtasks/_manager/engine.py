@@ -101,6 +101,9 @@ class Engine:
         self.loop_thread: int | None = None
         self.token: EventLoopToken | None = None
         self.library: str | None = None
+        # The running backend's CancelScope class, called directly:
+        # anyio.CancelScope() looks the backend up (sniffio) for every scope.
+        self._new_scope: Callable[[], anyio.CancelScope] = anyio.CancelScope
         self._owner: object = None  # the anyio task that opened the engine
         # Thread-safe, non-blocking "call soon on the manager's loop", while
         # the manager runs (see abandon_soon).
@@ -148,6 +151,7 @@ class Engine:
         self.token = anyio.lowlevel.current_token()
         self.schedule = _loop_scheduler(self.token)
         self.library = current_library()
+        self._new_scope = type(anyio.CancelScope())
         if mirror is not None:
             self.link = MirrorLink(mirror, self.loop_thread, self.schedule)
         with self.lock:
@@ -404,7 +408,7 @@ class Engine:
 
     async def _execute_in_scope(self, record: TaskRecord) -> Exception | None:
         """Run a record in a cancel scope of its own, its cancel switch."""
-        scope = anyio.CancelScope()
+        scope = self._new_scope()
         try:
             with scope:  # swallows its own cancellation
                 return await self._execute(record, scope)

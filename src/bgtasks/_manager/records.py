@@ -396,7 +396,6 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         "owner",
         "progress",
         "retry_at",
-        "retry_owner",
         "run",
         "seq",
         "started",
@@ -427,8 +426,6 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         self.attempt = 1
         # When retry's next attempt starts, while it waits (time.time()).
         self.retry_at: float | None = None
-        # What the function's own outermost retry layer wraps, if it has one.
-        self.retry_owner: object = getattr(unwrap_partial(func), RETRY_MARKER, None)
         self.cancel_requested = False
         self.func: Callable[..., Any] | None = func
         self.args: tuple[Any, ...] = args
@@ -459,8 +456,16 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         """
 
     def owns_retry(self, func: object) -> bool:
-        """Whether the retry layer around ``func`` is the task's (RunningTask API)."""
-        return func is self.retry_owner is not None
+        """Whether the retry layer around ``func`` is the task's (RunningTask API).
+
+        It is if the task's function is marked as wrapping ``func`` (its own
+        outermost retry layer). Looked up when asked, not per task: few tasks
+        retry, and the function is held until the task ends.
+        """
+        own = self.func
+        if own is None:
+            return False  # ended: nothing left to report attempts for
+        return func is getattr(unwrap_partial(own), RETRY_MARKER, None) is not None
 
     def record_attempt(self, attempt: int) -> None:
         """Record the attempt ``bgtasks.retry`` is starting (RunningTask API)."""
@@ -503,7 +508,7 @@ class TaskRecord(collections.abc.Coroutine[Any, Any, object]):
         return (
             self.id,
             self.name,
-            state.value,
+            state._value_,  # the same str; .value is a Python-level property
             self.created,
             self.started,
             self.finished,
