@@ -70,14 +70,20 @@ async def test_pending_cancel_and_shutdown_are_announced() -> None:
         async_events.append(event)
 
     gate = anyio.Event()
+    started = anyio.Event()
+
+    async def block() -> None:
+        started.set()
+        await gate.wait()
+
     manager = TaskManager(max_concurrency=1, drain_timeout=0)
     async with manager:
         manager.subscribe(sync_events.append)
         manager.subscribe(record)
-        blocker = manager.spawn(gate.wait)
+        blocker = manager.spawn(block)
         queued = manager.spawn(ok)
         left = manager.spawn(ok)
-        await anyio.sleep(0.01)
+        await started.wait()  # the blocker runs: the other two stay pending
         await queued.cancel()
     for events in (sync_events, async_events):
         assert transitions(events, queued.id) == [(None, P), (P, C)]
