@@ -15,8 +15,9 @@ import pytest
 
 from bgtasks import TaskInfo, TaskManager, TaskState, current_task
 from bgtasks._redis.backend import RedisBackend
-from bgtasks._redis.tasks import BackendUnavailableError, TaskMirror
+from bgtasks._redis.tasks import BackendUnavailableError
 from redis_server import RedisServer
+from redis_workers import stop_mirroring
 
 pytestmark = pytest.mark.anyio
 
@@ -48,17 +49,6 @@ async def _until(
 
 def _finished(info: TaskInfo) -> bool:
     return info.state.is_finished
-
-
-def _stop_mirroring(manager: TaskManager) -> TaskMirror:
-    """Stop the worker's mirror loop without unregistering, as a paused worker."""
-    backend = manager.backend
-    assert isinstance(backend, RedisBackend)
-    mirror = backend._mirror
-    assert mirror is not None
-    assert mirror._run_scope is not None
-    mirror._run_scope.cancel()
-    return mirror
 
 
 @contextlib.asynccontextmanager
@@ -191,7 +181,7 @@ async def test_a_lost_worker_s_tasks_are_reported_interrupted(
         handle = a.spawn(job)
         await started.wait()
         await _until(lambda: b.aget(handle.id), lambda i: i.state is TaskState.RUNNING)
-        _stop_mirroring(a)
+        stop_mirroring(a)
         info = await _until(
             lambda: b.aget(handle.id), lambda i: i.state.is_finished, deadline=10
         )
@@ -451,7 +441,7 @@ async def test_a_worker_back_after_its_lease_is_fenced_and_says_so(
         handle = a.spawn(job)
         await started.wait()
         await _until(lambda: b.aget(handle.id), lambda i: i.state is TaskState.RUNNING)
-        mirror = _stop_mirroring(a)  # paused: no heartbeat, no flush
+        mirror = stop_mirroring(a)  # paused: no heartbeat, no flush
         await _until(lambda: b.aget(handle.id), _finished, deadline=10)
         async with anyio.create_task_group() as tg:
             await tg.start(mirror.run)  # back: its next heartbeat learns it

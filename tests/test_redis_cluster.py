@@ -19,6 +19,7 @@ import pytest
 from bgtasks import TaskInfo, TaskManager, TaskState, idempotent
 from bgtasks.redis import RedisBackend, RedisStore
 from redis_server import RedisCluster
+from redis_workers import stop_mirroring
 
 pytestmark = pytest.mark.anyio
 
@@ -191,12 +192,7 @@ async def test_a_lost_worker_is_reaped_on_a_cluster(
         handle = a.spawn(job)
         await started.wait()
         await _until(lambda: b.aget(handle.id), lambda i: i.state is TaskState.RUNNING)
-        backend = a.backend
-        assert isinstance(backend, RedisBackend)
-        mirror = backend._mirror
-        assert mirror is not None
-        assert mirror._run_scope is not None
-        mirror._run_scope.cancel()
+        stop_mirroring(a)
         info = await _until(lambda: b.aget(handle.id), lambda i: i.state.is_finished)
         assert (info.state, info.cancel_reason) == (
             TaskState.INTERRUPTED,

@@ -216,13 +216,12 @@ class _Done:
     a third of a named tuple's field access.
     """
 
-    __slots__ = ("error", "expires_at", "fingerprint", "record", "result", "value")
+    __slots__ = ("error", "expires_at", "fingerprint", "result", "value")
 
     def __init__(self, result: ClaimResult, expires_at: float) -> None:
         record = result.record
         assert record is not None  # complete_now builds it with one
         self.result = result
-        self.record = record
         self.value = record.value
         self.error = record.error
         self.fingerprint = record.fingerprint
@@ -348,7 +347,7 @@ class MemoryStore:
     def get_now(self, key: str) -> IdempotencyRecord | None:
         """Return the unexpired record of ``key``, or ``None``; counts as a use."""
         done = self._entry_now(key)
-        return None if done is None else done.record
+        return None if done is None else done.result.record
 
     def _entry_now(self, key: str) -> _Done | None:
         """Like :meth:`get_now`, returning the entry: the record's fields as slots.

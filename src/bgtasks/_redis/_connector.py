@@ -183,8 +183,8 @@ class Connector:
         return host
 
     def _unavailable(self, exc: BaseException) -> BackendUnavailableError:
-        if isinstance(exc, TimeoutError):  # the client's connect or reply timeout
-            return self._late()
+        if self._bounded and isinstance(exc, TimeoutError):
+            return self._late()  # our client's connect or reply timeout: ours
         return BackendUnavailableError(
             f"Redis at {self.where} failed: {type(exc).__name__}: {exc}"
         )

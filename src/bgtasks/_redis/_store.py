@@ -177,7 +177,7 @@ class RedisStore:
             )
         location = client.connection_pool.location
         where = str(location) if location else type(client).__name__
-        self._setup(None, client, prefix, timeout, serializer, where)
+        self._setup(None, client, prefix, _check_timeout(timeout), serializer, where)
 
     @classmethod
     def from_url(
@@ -252,7 +252,7 @@ class RedisStore:
         self._connector = Connector(
             factory=factory,
             client=cast("coredis.Redis[bytes] | None", client),
-            timeout=_check_timeout(timeout),
+            timeout=timeout,
             where=where,
             bounded=bounded,
         )
