@@ -51,6 +51,7 @@ _NEEDS_COREDIS = (
     "test_redis_dashboard.py",
     "test_e2e_workers.py",
     "test_redis_cluster.py",
+    "redis_workers.py",
 )
 _ITEMS_NEEDING_COREDIS = ("docs/workers.md", "bgtasks.redis")
 
