@@ -287,6 +287,43 @@ def test_cancel_after_confirmation(server: Server, page: Page) -> None:
     assert line.get_by_role("button", name="Cancel").is_hidden()
 
 
+def test_a_late_cancel_reply_keeps_it_cancelled(server: Server, page: Page) -> None:
+    """The cancel request's reply is a snapshot taken before the task stopped.
+    Held back until the event stream has shown the task cancelled, it must not
+    turn the row back to running with its Cancel button: that window once
+    failed CI (test_cancel_after_confirmation's last line)."""
+    from playwright.sync_api import Response, Route, expect
+
+    held: list[tuple[Route, Any]] = []
+
+    def hold(route: Route) -> None:
+        held.append((route, route.fetch()))  # the server cancels the task now
+
+    handle = server.manager.spawn(stepper, server.control)
+    line = row(page, handle.id)
+    shows(line.locator(".state"), "running")
+    page.route("**/cancel", hold)
+    line.get_by_role("button", name="Cancel").click()
+    page.locator("#confirm-yes").click()
+    line.locator(".state-cancelled").wait_for()
+    assert len(held) == 1
+    route, reply = held[0]
+    stale = reply.json()
+    assert stale["id"] == handle.id
+    # As the server sends it, unless the task already stopped there (then
+    # make it what a reply taken a moment earlier says).
+    stale.update(state="running", finished_at=None)
+    with page.expect_response("**/cancel") as answered:
+        route.fulfill(response=reply, json=stale)
+    response: Response = answered.value
+    assert response.status == 202
+    # Once the status says so, the reply has been applied (the same JS turn).
+    # Read at once: a later refresh would hide a wrong revert.
+    expect(page.locator("#status")).to_contain_text("Cancel requested")
+    assert line.locator(".state").inner_text() == "cancelled"
+    assert line.get_by_role("button", name="Cancel").is_hidden()
+
+
 def test_stays_live_across_stream_ends(server: Server, page: Page) -> None:
     """When a stream ends (as each does), the page reconnects and stays live."""
     with page.expect_request(lambda request: request.url.endswith("/api/events")):

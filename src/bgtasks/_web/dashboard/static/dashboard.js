@@ -157,6 +157,11 @@
   }
 
   function updateRow(row, task) {
+    // A finished task never goes back. A reply taken before it ended (the
+    // cancel request's snapshot, a page fetched meanwhile) can arrive after
+    // the event that ended it, and must not bring back "running" and the
+    // Cancel button.
+    if (isFinished(row.task) && !isFinished(task)) return;
     row.task = task;
     const c = row.cells;
     const name = c.task.firstChild;
