@@ -13,9 +13,16 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
-__all__ = ["RedisCluster", "RedisServer", "redis_cli_binary", "redis_server_binary"]
+__all__ = [
+    "CommandLog",
+    "RedisCluster",
+    "RedisServer",
+    "redis_cli_binary",
+    "redis_server_binary",
+]
 
 # How long a server may take to answer its first PING, and how often to ask.
 _START_TIMEOUT = 10.0
@@ -154,6 +161,55 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class CommandLog:
+    """The commands that clients send to one server, read from its MONITOR.
+
+    Each line MONITOR shows is one command a client sent, or one that a script
+    ran inside Redis (shown as from ``lua``). Leaving the script's own out,
+    what is left is the client's round trips, which is what a claim about
+    "one round trip" means. Plain sockets, so it works on any event loop.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.address = (host, port)
+        self._sock = socket.create_connection(self.address, timeout=5)
+        self._sock.sendall(b"MONITOR\r\n")
+        self._buffer = b""
+        if self._line() != "+OK":
+            raise RuntimeError("MONITOR was refused")
+
+    def _line(self) -> str:
+        while b"\r\n" not in self._buffer:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("the server closed the MONITOR connection")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\r\n", 1)
+        return line.decode("utf-8", "replace")
+
+    def sent(self, naming: str) -> list[str]:
+        """The names of the commands that clients sent since the last call and
+        whose arguments contain ``naming`` (a test's key prefix: other clients'
+        commands are not counted), oldest first."""
+        # MONITOR has no "now": a marker sent last shows where "since" ends.
+        marker = f"bgtasks-commandlog-{uuid.uuid4().hex}"
+        with socket.create_connection(self.address, timeout=5) as other:
+            other.sendall(f"ECHO {marker}\r\n".encode())
+            other.recv(256)
+        names: list[str] = []
+        while True:
+            line = self._line()
+            if marker in line:
+                return names
+            source, _, command = line.partition("] ")
+            if source.endswith(" lua") or naming not in command:
+                continue
+            names.append(command.split(" ", 1)[0].strip('"').lower())
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class _ClusterNode(RedisServer):

@@ -7,7 +7,7 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,7 +15,7 @@ import anyio
 import coredis
 import pytest
 
-from bgtasks import ClaimResult, IdempotencyRecord
+from bgtasks import ClaimResult, IdempotencyRecord, idempotent
 from bgtasks.exceptions import (
     BackendUnavailableError,
     RecordedError,
@@ -23,7 +23,7 @@ from bgtasks.exceptions import (
 )
 from bgtasks.redis import JSONSerializer, RedisStore
 from processes import run_together
-from redis_server import RedisServer
+from redis_server import CommandLog, RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -67,6 +67,32 @@ async def test_claim_complete_replay(store: RedisStore) -> None:
     replay = await store.claim("f:k", owner="c", lease=5.0, fingerprint="fp")
     assert replay == ClaimResult("completed", record({"id": 7}, "fp"), "fp")
     assert await store.get("f:k") == record({"id": 7}, "fp")
+
+
+@pytest.fixture
+def commands(redis_server: RedisServer) -> Iterator[CommandLog]:
+    """What clients send to the shared server from now on."""
+    log = CommandLog(redis_server.port)
+    yield log
+    log.close()
+
+
+async def test_a_first_call_costs_two_round_trips_and_a_replay_one(
+    store: RedisStore, redis_prefix: str, commands: CommandLog
+) -> None:
+    """The issue's budget, counted from MONITOR: a decorated first call sends
+    its claim and its completion, a replay only its claim, each one script."""
+
+    @idempotent(key="{user}", store=store, fingerprint=True)
+    async def send_welcome(user: str) -> dict[str, object]:
+        return {"user": user, "sent": True}
+
+    await send_welcome("warm")  # loads the scripts and opens the connection
+    commands.sent(redis_prefix)
+    assert await send_welcome("ada") == {"user": "ada", "sent": True}
+    assert commands.sent(redis_prefix) == ["evalsha", "evalsha"]
+    assert await send_welcome("ada") == {"user": "ada", "sent": True}
+    assert commands.sent(redis_prefix) == ["evalsha"]
 
 
 async def test_fingerprints_keep_none_and_empty_apart(store: RedisStore) -> None:
