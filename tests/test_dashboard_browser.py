@@ -324,6 +324,23 @@ def test_a_late_cancel_reply_keeps_it_cancelled(server: Server, page: Page) -> N
     assert line.get_by_role("button", name="Cancel").is_hidden()
 
 
+def test_a_reused_id_shows_its_new_run(server: Server, page: Page) -> None:
+    """A finished row does not go back to running, except for a new task that
+    reuses the id: that one is newer, and the page follows it."""
+    task_id = "nightly-report"
+    first = Control()
+    server.manager.spawn_with_id(task_id, until_finished, first)
+    line = row(page, task_id)
+    shows(line.locator(".state"), "running")
+    first.finish.set()
+    shows(line.locator(".state"), "succeeded")
+    again = Control()
+    server.manager.spawn_with_id(task_id, until_finished, again)
+    shows(line.locator(".state"), "running")
+    again.finish.set()
+    shows(line.locator(".state"), "succeeded")
+
+
 def test_stays_live_across_stream_ends(server: Server, page: Page) -> None:
     """When a stream ends (as each does), the page reconnects and stays live."""
     with page.expect_request(lambda request: request.url.endswith("/api/events")):

@@ -160,8 +160,8 @@
     // A finished task never goes back. A reply taken before it ended (the
     // cancel request's snapshot, a page fetched meanwhile) can arrive after
     // the event that ended it, and must not bring back "running" and the
-    // Cancel button.
-    if (isFinished(row.task) && !isFinished(task)) return;
+    // Cancel button. A new task under a reused id is newer: it is shown.
+    if (isFinished(row.task) && !isFinished(task) && task.created_at === row.task.created_at) return;
     row.task = task;
     const c = row.cells;
     const name = c.task.firstChild;
