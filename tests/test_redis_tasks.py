@@ -8,10 +8,12 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import coredis
 import pytest
+from coredis.tokens import PureToken
 
 from bgtasks._redis.task_scripts import CLAIM_REAP
 from bgtasks._redis.tasks import (
@@ -594,6 +596,51 @@ async def test_a_filtered_list_examines_a_bounded_number_of_entries(
         assert cursor == ((base + 44) * 1000, "t044")  # 256 newest examined
         page, cursor = await mirror.list(state="failed", limit=1, cursor=cursor)
         assert [row["id"] for row in page] == ["t000"]
+
+
+async def test_close_lets_a_write_in_flight_finish(private_redis: RedisServer) -> None:
+    """Closing during a write waits for it: every task is sent to Redis once.
+
+    Cancelled instead, the write was put back and sent again whole at close,
+    though Redis had it already: a burst's last write cost twice.
+    """
+    async with _client(private_redis) as client, _client(private_redis) as admin:
+        mirror = TaskMirror(client, prefix="t", timeout=10)
+        before = await _calls(client, "hmget")  # the write script reads each task once
+        ends: list[str] = []
+        write = mirror._write
+
+        async def watched(batch: dict[str, Any]) -> None:
+            try:
+                await write(batch)
+            except BaseException as exc:
+                ends.append(type(exc).__name__)
+                raise
+            ends.append("written")
+
+        mirror._write = watched  # type: ignore[method-assign]
+        async with anyio.create_task_group() as tg:
+            await tg.start(mirror.run)
+            await admin.client_pause(10_000, PureToken.WRITE)  # scripts wait
+            for i in range(50):
+                _create(mirror, f"w{i}")
+                _finish(mirror, f"w{i}")
+            while not mirror._flush_lock.locked():  # the loop took the batch
+                await anyio.sleep(0.001)
+            closing = anyio.Event()
+
+            async def close() -> None:
+                await mirror.close()
+                closing.set()
+
+            tg.start_soon(close)
+            await anyio.sleep(0.01)  # close() now waits for the write
+            assert not closing.is_set()
+            await admin.client_unpause()
+            await closing.wait()
+        assert ends == ["written"]
+        assert await _calls(client, "hmget") - before == 50
+        assert await client.zcard("{t}:finished") == 50
 
 
 async def test_a_paused_redis_times_out_then_answers_in_order(

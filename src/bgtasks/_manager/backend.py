@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
@@ -36,12 +36,15 @@ FieldValue: TypeAlias = "str | int | float | bool | None"
 
 
 class Mirror(Protocol):
-    """The backend's sink for one worker's transitions (loop thread only)."""
+    """The backend's sink for one worker's transitions (loop thread only).
+
+    ``push`` may keep ``fields`` as it is: every caller passes a new dict.
+    """
 
     def push(
         self,
         task_id: str,
-        fields: Mapping[str, FieldValue],
+        fields: dict[str, FieldValue],
         *,
         terminal: bool,
         progress_only: bool = False,
@@ -190,6 +193,9 @@ def final_fields(record: TaskRecord) -> dict[str, FieldValue]:
         "next_attempt_at": None,
     }
     if state is TaskState.SUCCEEDED:
+        if outcome is None:  # most tasks return nothing: no encoder call
+            fields["result"] = "null"
+            return fields
         try:
             fields["result"] = json.dumps(outcome, allow_nan=False)
         except (TypeError, ValueError, RecursionError):

@@ -319,14 +319,16 @@ class TaskMirror:
     def push(  # noqa: PLR0912  # one flat function: this is the hot path
         self,
         task_id: str,
-        fields: Mapping[str, FieldValue],
+        fields: dict[str, FieldValue],
         *,
         terminal: bool,
         progress_only: bool = False,
     ) -> None:
         """Queue a task's changed fields; the loop writes them soon.
 
-        Sync, O(1), never awaits; call it on the event loop's thread. The first
+        Sync, O(1), never awaits; call it on the event loop's thread. The
+        mirror keeps ``fields`` (not a copy: this runs at every transition of
+        every task), so pass a dict that nothing changes afterwards. The first
         push of a submission (an id not active here) creates its record, so it
         should carry ``name``, ``created`` and ``state``. Later pushes of the
         same task merge into what is still waiting (the latest value wins).
@@ -350,7 +352,7 @@ class TaskMirror:
                 # The loop may be parked with nothing due: let it time this one.
                 self._woken = True
                 self._wake.set()
-            self._progress[task_id] = _Pending(gen, False, dict(fields))
+            self._progress[task_id] = _Pending(gen, False, fields)
             self._bound()
             return
         entry = self._dirty.get(task_id)
@@ -365,9 +367,9 @@ class TaskMirror:
                     self._gen_next += 1
                     if not terminal:
                         self._active[task_id] = gen
-                    entry = _Pending(gen, True, dict(fields))
+                    entry = _Pending(gen, True, fields)
                 else:
-                    entry = _Pending(gen, False, dict(fields))
+                    entry = _Pending(gen, False, fields)
             entry.final = entry.final or terminal  # before _bound weighs it
             self._dirty[task_id] = entry
             self._bound()
@@ -692,6 +694,11 @@ class TaskMirror:
                 return  # never created here (a reused id's stray write): no record
             if known is not None:
                 self._count(known[1].get("state"), -1)
+            elif entry.final:
+                # Written whole and final at once (a short task's usual case):
+                # never counted as active, nothing to write again. Skipping
+                # the copy matters at every task, in CPU and in the collector.
+                return
             fields = dict(entry.fields)
             self._known[tid] = (entry.gen, fields)
             self._count(fields.get("state"), 1)
@@ -717,12 +724,15 @@ class TaskMirror:
         """Return a finished task's finished ms, state and run time (-1: none)."""
         known = self._known.get(tid)
         fields = entry.fields if known is None else known[1]
-        took = -1.0
-        with contextlib.suppress(TypeError, ValueError):
-            started, finished = fields.get("started"), fields.get("finished")
-            if started is not None and finished is not None:
-                took = max(0.0, float(finished) - float(started))
-        return _ms(fields.get("finished")), str(fields.get("state")), took
+        started, finished = fields.get("started"), fields.get("finished")
+        if started is None or finished is None:
+            return _ms(finished), str(fields.get("state")), -1.0
+        # Not contextlib.suppress: this runs once per finished task.
+        try:
+            took = max(0.0, float(finished) - float(started))
+        except (TypeError, ValueError):  # not numbers: no run time to index
+            took = -1.0
+        return _ms(finished), str(fields.get("state")), took
 
     def _recreate(self, tid: str) -> bool:
         """Queue a whole new record for a task Redis lost; False if not ours."""
@@ -1100,9 +1110,14 @@ class TaskMirror:
         if self._closed:
             return
         self._closed = True
-        if self._run_scope is not None:
-            self._run_scope.cancel()
         with anyio.CancelScope(shield=True):
+            # Stop the loop between writes, not during one: a cancelled write
+            # is put back and sent again whole, though Redis may have applied
+            # it (at the end of a burst, that doubled the shutdown's writes).
+            # A write in flight ends within the timeout.
+            async with self._flush_lock:
+                if self._run_scope is not None:
+                    self._run_scope.cancel()
             try:
                 await self._flush(progress=True)
             except BackendUnavailableError as exc:
