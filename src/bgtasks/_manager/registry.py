@@ -6,10 +6,12 @@ for the finish queue as its ``Finished`` tuple (see records.py), and its id
 maps to the tuple's position in that queue in a second dict. Retention can keep
 a million finished records, so nothing that holds them may cost the collector
 a reference per record on every full collection: a dict of str keys and int
-values is untracked (the collector never visits it), and the queue holds its
+values is untracked (the collector never visits it; each position is an int
+object of 32 bytes, the price of that), and the queue holds its
 entries in frozen tuples of 1,024 (_CHUNK), which CPython untracks once it sees
 their entries are untracked. A full collection then follows about one
-reference per 1,024 records, plus the two lists still being filled.
+reference per 1,024 records, plus at most two lists of 1,024 per queue: the
+chunk being filled and the one retention is dropping from.
 
 The queue is in finish order, so the oldest finished record is always at its
 front and retention drops it by advancing the front: finishing a task and
