@@ -159,7 +159,7 @@ def run(report: Report, cfg: Config) -> None:
                 )
                 redis.note = f"ratio {ratios[0]:.2f}..{ratios[-1]:.2f} of no backend"
     except Exception as exc:  # no redis-server, or coredis missing
-        for trio_rows in rows.values():
-            for row in trio_rows:
+        for kind_rows in rows.values():
+            for row in kind_rows:
                 if row.value is None:
                     row.error = f"{type(exc).__name__}: {exc}"

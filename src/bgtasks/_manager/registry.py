@@ -183,9 +183,9 @@ class _Chunks(Generic[_T]):
                 # dropped ones are freed now rather than with the chunk.
                 front = list(front)
                 frozen[0] = front
-            front[gone_from & _IN_CHUNK : start - (start & ~_IN_CHUNK)] = [
-                self.gone
-            ] * (start - gone_from)
+            front[gone_from & _IN_CHUNK : start & _IN_CHUNK] = [self.gone] * (
+                start - gone_from
+            )
 
 
 class Registry:

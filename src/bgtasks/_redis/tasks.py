@@ -134,30 +134,6 @@ def _text(value: FieldValue) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _row(
-    tid: str, gen: str, create: bool, fields: dict[str, FieldValue]
-) -> list[str | int]:
-    """One task's entry for the write script: id, gen, create, state, fields."""
-    state = fields.get("state")
-    row: list[str | int] = [
-        tid,
-        gen,
-        1 if create else 0,
-        "" if state is None else str(state),
-    ]
-    # _text inlined for the usual types: this runs for every field of every task.
-    for name, value in fields.items():
-        if name == "state":
-            continue  # sent above, in its place
-        if type(value) is str:
-            row += (name, value)
-        elif type(value) is float:
-            row += (name, repr(value))
-        else:
-            row += (name, _text(value))
-    return row
-
-
 def _ms(value: FieldValue) -> float:
     """Epoch seconds (as pushed) to whole milliseconds, the index scores."""
     try:
@@ -597,10 +573,19 @@ class TaskMirror:
         for tid, entry in batch.items():
             self._learn(tid, entry)
             fields = entry.fields
-            create = entry.create
-            row = _row(tid, entry.gen, create, fields)
+            state = fields.get("state")
+            row: list[str | int] = [
+                tid,
+                entry.gen,
+                1 if entry.create else 0,
+                "" if state is None else str(state),
+            ]
+            for name, value in fields.items():
+                if name != "state":
+                    row.append(name)
+                    row.append(value if type(value) is str else _text(value))
             rows.append(row)
-            if create:
+            if entry.create:
                 created += (tid, _ms(fields.get("created")))
             if entry.final:
                 finals.append(tid)
@@ -740,12 +725,10 @@ class TaskMirror:
         known = self._known.get(tid)
         fields = entry.fields if known is None else known[1]
         started, finished = fields.get("started"), fields.get("finished")
-        if started is None or finished is None:
-            return _ms(finished), str(fields.get("state")), -1.0
         # Not contextlib.suppress: this runs once per finished task.
         try:
-            took = max(0.0, float(finished) - float(started))
-        except (TypeError, ValueError):  # not numbers: no run time to index
+            took = max(0.0, float(finished) - float(started))  # type: ignore[arg-type]
+        except (TypeError, ValueError):  # missing, or not numbers: no run time
             took = -1.0
         return _ms(finished), str(fields.get("state")), took
 
